@@ -1,0 +1,47 @@
+# Conveyor: one entry point. `make run` = the platform on embedded defaults; `make test` = the suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+SYSTEM_PACKAGES ?= chromium chromium-driver
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install system-deps run test up down bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@echo "installing Conveyor into $(VENV) (first time: several minutes; llama-cpp-python compiles)"
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+# Debian packages the tests use (headless Chromium for the chat page); installed only when missing.
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages (install them as root): $$missing"; fi; fi
+
+run: install
+	$(BIN)/python -m flows.platform
+
+test: install system-deps
+	$(BIN)/python -m pytest
+
+up: install
+	$(BIN)/conveyor up
+
+down:
+	@if [ -x $(BIN)/conveyor ]; then $(BIN)/conveyor down; else echo "nothing to stop"; fi
+
+bench: install
+	$(BIN)/python -m bench
+
+lint: install
+	$(BIN)/ruff check .
+
+clean: down
+	rm -rf .conveyor

@@ -1,0 +1,51 @@
+"""Test session: an isolated state folder and one Prefect API server for the whole run."""
+
+import os
+import tempfile
+from pathlib import Path
+
+STATE = Path(tempfile.mkdtemp(prefix="conveyor-test-"))
+os.environ["CONVEYOR_HOME"] = str(STATE)
+os.environ["PREFECT_HOME"] = str(STATE / "prefect")
+os.environ["CONVEYOR_DATA_DIR"] = str(STATE / "data")
+os.environ.pop("CONVEYOR_PREFECT_API_URL", None)
+os.environ.pop("PREFECT_API_URL", None)
+
+import conveyor  # noqa: E402,F401  (sets the offline/telemetry switches before prefect loads)
+import pytest  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from conveyor.settings import get_settings, reset_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / "test-output"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """One real Prefect API (temporary server on SQLite) shared by every test."""
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def settings():
+    reset_settings()
+    return get_settings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prepared_data() -> Path:
+    """The repo's datasets built by `data/prepare.py` into the test state folder (CONVEYOR_DATA_DIR)."""
+    from data.prepare import main as prepare
+
+    out = STATE / "data"
+    prepare(["--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests keep artifacts worth looking at (screenshots, reports)."""
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
