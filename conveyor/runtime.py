@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
 OFFLINE_AND_QUIET = {
     "HF_HUB_OFFLINE": "1",
@@ -24,9 +25,13 @@ OFFLINE_AND_QUIET = {
 
 
 def configure() -> None:
-    """Set offline/telemetry switches (without overriding the caller's) and quiet known noise."""
+    """Set offline/telemetry switches and Prefect's home/API (never overriding the caller's); quiet noise."""
     for name, value in OFFLINE_AND_QUIET.items():
         os.environ.setdefault(name, value)
+    home = Path(os.environ.get("CONVEYOR_HOME", ".conveyor")).resolve()
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    if os.environ.get("CONVEYOR_PREFECT_API_URL"):
+        os.environ.setdefault("PREFECT_API_URL", os.environ["CONVEYOR_PREFECT_API_URL"])
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pkg_resources.*")
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     token_minutes: int = Field(30, ge=1)
     admin_username: str = "admin"
     admin_password: SecretStr | None = None
+    api_rate_limit_per_minute: int = Field(120, ge=1, description="Authenticated API requests per user.")
+    api_max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    api_max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest CSV upload to /datasets.")
 
     @model_validator(mode="after")
     def _no_default_secrets_outside_development(self) -> Settings:

@@ -1,0 +1,135 @@
+"""Flower ServerApp: pooled standardisation from the sites' moments, then FedAvg/FedProx rounds, journaled."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx
+
+from conveyor import runtime
+from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
+from conveyor.federated.task import ModelSpec, build_model, evaluate, load_rows, pooled_standardization
+
+GLOBAL_MODEL_FILE = "global_model.pt"
+app = ServerApp()
+
+
+class SiteTracking:
+    """Strategy mixin: records which sites each round asked and heard from, and enforces the minimum."""
+
+    def __init__(self, *, sites: dict[int, int], **strategy_options: Any) -> None:
+        super().__init__(**strategy_options)
+        self.sites = sites  # node id -> site id
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    def configure_train(self, server_round, arrays, config, grid):
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        asked = sorted(self.sites.get(m.metadata.dst_node_id, -1) for m in messages)
+        self.rounds[server_round] = {"started": time.time(), "asked": asked}
+        return messages
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        record = self.rounds[server_round]
+        record["trained"] = sorted(self.sites.get(r.metadata.src_node_id, -1) for r in replies if not r.has_error())
+        record["missing"] = sorted(set(record["asked"]) - set(record["trained"]))
+        if len(record["trained"]) < self.min_train_nodes:
+            missing = ", ".join(f"site-{site}" for site in record["missing"])
+            raise FederationError(
+                f"round {server_round}: {len(record['trained'])} of {len(record['asked'])} sites replied, "
+                f"minimum is {self.min_train_nodes}; no valid reply from {missing}"
+            )
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        record["train_loss"] = float(metrics["train-loss"]) if metrics else None
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round, replies):
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics:
+            self.rounds[server_round] |= {"site_loss": float(metrics["site-loss"]),
+                                          "site_accuracy": float(metrics["site-accuracy"])}
+        return metrics
+
+
+class TrackedFedAvg(SiteTracking, FedAvg):
+    """FedAvg with per-round site tracking."""
+
+
+class TrackedFedProx(SiteTracking, FedProx):
+    """FedProx with per-round site tracking."""
+
+
+def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> dict[int, dict[str, Any]]:
+    """Wait for the sites to connect and collect each one's id and feature moments, keyed by node id."""
+    deadline = time.monotonic() + timeout_s
+    while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if len(nodes) < minimum:
+        raise FederationError(f"{len(nodes)} of {expected} sites connected within {timeout_s:.0f} s, minimum is {minimum}")
+    query = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
+                     message_type=f"{MessageType.QUERY}.feature-moments") for node in nodes]
+    replies = [r for r in grid.send_and_receive(query, timeout=timeout_s) if not r.has_error()]
+    if len(replies) < minimum:
+        raise FederationError(f"{len(replies)} of {len(nodes)} sites sent feature moments, minimum is {minimum}")
+    return {r.metadata.src_node_id: {"site": int(r.content["site"]["site-id"]), "moments": dict(r.content["moments"])}
+            for r in replies}
+
+
+def _strategy(config: dict[str, Any], sites: dict[int, int]) -> SiteTracking:
+    minimum = int(config["min-sites"])
+    options = {"sites": sites, "fraction_train": float(config["fraction-train"]),
+               "fraction_evaluate": float(config["fraction-evaluate"]), "min_train_nodes": minimum,
+               "min_evaluate_nodes": min(minimum, len(sites)), "min_available_nodes": minimum}
+    if config["strategy"] == "fedprox":
+        return TrackedFedProx(proximal_mu=float(config["proximal-mu"]), **options)
+    return TrackedFedAvg(**options)
+
+
+def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
+    """Run the whole federation; returns the file holding the final global weights."""
+    runtime.limit_torch_threads(1)
+    test_features, test_labels = load_rows(str(config["test-data"]))
+    timeout_s = float(config["round-timeout"])
+    found = gather_sites(grid, int(config["num-sites"]), int(config["min-sites"]), timeout_s)
+    journal.write("sites", sites=sorted(site["site"] for site in found.values()))
+
+    spec = ModelSpec(hidden=int(config["hidden"]), layers=int(config["layers"]),
+                     learning_rate=float(config["learning-rate"]))
+    model = build_model(test_features.shape[1], spec, seed=int(config["seed"]))
+    mean, std = pooled_standardization([site["moments"] for site in found.values()])
+    model.feature_mean.copy_(mean)
+    model.feature_std.copy_(std)
+    strategy = _strategy(config, {node: site["site"] for node, site in found.items()})
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model.load_state_dict(arrays.to_torch_state_dict())
+        loss, accuracy = evaluate(model, test_features, test_labels)
+        record = strategy.rounds.get(server_round, {})
+        seconds = round(time.time() - record["started"], 3) if record else 0.0
+        journal.write("round" if server_round else "initial", round=server_round, test_loss=loss,
+                      test_accuracy=accuracy, seconds=seconds, **{k: v for k, v in record.items() if k != "started"})
+        return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
+                            num_rounds=int(config["num-rounds"]), timeout=timeout_s,
+                            train_config=ConfigRecord(), evaluate_fn=evaluate_global)
+    model_path = Path(str(config["run-dir"])) / GLOBAL_MODEL_FILE
+    torch.save(result.arrays.to_torch_state_dict(), model_path)
+    return model_path
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Federate, journaling each round; a failure is journaled with its reason before it propagates."""
+    journal = Journal(Path(str(context.run_config["run-dir"])) / JOURNAL_FILE)
+    try:
+        model_path = federate(grid, dict(context.run_config), journal)
+    except Exception as exc:
+        journal.write("failed", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    journal.write("finished", model_path=str(model_path))

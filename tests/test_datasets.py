@@ -1,0 +1,42 @@
+"""Dataset catalog: built-in CSVs, versioned uploads, summaries, and refusal of unsafe ids."""
+
+import pytest
+
+from conveyor import datasets
+
+
+class TestCatalog:
+    def test_builtin_datasets_are_listed(self):
+        ids = {d.id for d in datasets.list_datasets()}
+        assert {"sales_2024", "breast_cancer"} <= ids
+
+    def test_summary_counts_rows_and_missing_values(self):
+        summary = datasets.summary("sales_2024.csv")
+        frame = datasets.load("sales_2024")
+        assert summary["rows"] == len(frame) > 1000
+        assert summary["columns"]["revenue"]["stats"]["mean"] == pytest.approx(frame["revenue"].mean())
+        assert summary["columns"]["region"]["missing"] == 0
+
+
+class TestUploads:
+    def test_each_upload_is_a_new_version(self):
+        first = datasets.save_upload("uploaded", b"a,b\n1,2\n3,4\n")
+        second = datasets.save_upload("uploaded", b"a,b\n5,6\n")
+        assert (first.version, second.version) == (1, 2)
+        assert datasets.load("uploaded").shape == (1, 2)
+        assert datasets.load("uploaded", version=1).shape == (2, 2)
+
+    @pytest.mark.parametrize("bad_id", ["../etc/passwd", "/abs", "a/b", "..", "", "x" * 80])
+    def test_path_like_ids_are_refused(self, bad_id):
+        with pytest.raises(datasets.DatasetError):
+            datasets.dataset_path(bad_id)
+
+    def test_unreadable_upload_is_refused_and_nothing_is_stored(self):
+        with pytest.raises(datasets.DatasetError):
+            datasets.save_upload("broken", b"\x00\x01\x02")
+        with pytest.raises(datasets.DatasetNotFound):
+            datasets.dataset_path("broken")
+
+    def test_oversized_upload_is_refused(self):
+        with pytest.raises(datasets.DatasetError, match="limit"):
+            datasets.save_upload("big", b"a\n" + b"1\n" * 100, max_bytes=50)
