@@ -38,7 +38,7 @@ down:
 	@if [ -x $(BIN)/conveyor ]; then $(BIN)/conveyor down; else echo "nothing to stop"; fi
 
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ONLY)
 
 lint: install
 	$(BIN)/ruff check .

@@ -133,7 +133,7 @@ def refresh_indexes(domain: str) -> dict[str, int]:
         return {"rows": 0, "indexed_rows": 0, "unindexed_rows": 0, "version": 0}
     index_name = f"{SEARCH_COLUMN}_idx"
     if index_name not in {index.name for index in table.list_indices()}:
-        table.create_index(config=FTS(), field_names=SEARCH_COLUMN, name=index_name)
+        table.create_index(SEARCH_COLUMN, config=FTS(), name=index_name)
     else:
         table.optimize(cleanup_older_than=timedelta(days=1))
     stats = table.index_stats(index_name)

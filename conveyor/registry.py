@@ -177,3 +177,22 @@ def _publish_artifact(decision: PromotionDecision) -> None:
         table=[decision.model_dump()],
         description=f"{decision.name} v{decision.version}: {verdict} ({decision.reason})",
     )
+
+
+def predict_rows(model: mlflow.pyfunc.PyFuncModel, inputs: list) -> list:
+    """Predict on JSON-like `inputs` (rows of numbers, or records for column-based models) as a list.
+
+    Tensor-signature models (Lightning) get a numpy array of the signature's dtype; column-based ones
+    (scikit-learn) get a DataFrame, so callers need not know which flavour the champion is.
+    """
+    import numpy as np
+    import pandas as pd
+
+    schema = model.metadata.get_input_schema()
+    if schema is not None and schema.is_tensor_spec():
+        data = np.asarray(inputs, dtype=schema.numpy_types()[0])
+    else:
+        data = pd.DataFrame(inputs, columns=schema.input_names() if schema and inputs and
+                            not isinstance(inputs[0], dict) else None)
+    predictions = model.predict(data)
+    return np.asarray(predictions).tolist()

@@ -30,6 +30,7 @@ def configure() -> None:
         os.environ.setdefault(name, value)
     home = Path(os.environ.get("CONVEYOR_HOME", ".conveyor")).resolve()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     if os.environ.get("CONVEYOR_PREFECT_API_URL"):
         os.environ.setdefault("PREFECT_API_URL", os.environ["CONVEYOR_PREFECT_API_URL"])
     warnings.filterwarnings("ignore", category=DeprecationWarning)

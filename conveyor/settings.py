@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     embedding_model: str = Field("all-MiniLM-L6-v2", description="Packaged model name or a local path.")
     embedding_batch_size: int = Field(64, ge=1)
     torch_threads: int = Field(1, ge=1, description="Torch CPU threads per process.")
+    chunk_tokens: int = Field(128, ge=16, le=512, description="Chunk size in embedding-model tokens.")
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks.")
+    max_document_bytes: int = Field(20_000_000, ge=1, description="Larger source files are skipped.")
+    index_lock_timeout_s: float = Field(600.0, ge=0, description="Wait for another run on the same domain.")
+    retrieval_fusion: Literal["rrf", "convex"] = Field("rrf", description="How dense and BM25 lists merge.")
 
     # LLM
     llm_backend: Literal["embedded", "openai"] = "embedded"

@@ -72,9 +72,14 @@ def git_commit() -> str:
 
 
 @contextmanager
-def start_run(experiment: str, run_name: str | None = None, tags: dict[str, Any] | None = None) -> Iterator[Any]:
-    """An MLflow run in `experiment`, tagged with provenance; marked FAILED if the body raises."""
+def start_run(
+    experiment: str, run_name: str | None = None, tags: dict[str, Any] | None = None, run_id: str | None = None
+) -> Iterator[Any]:
+    """An MLflow run in `experiment` (or the existing `run_id`, resumed), tagged with provenance;
+    marked FAILED if the body raises."""
     _configured_uri(get_settings().tracking_uri)
     all_tags = provenance_tags() | {k: str(v) for k, v in (tags or {}).items()}
-    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name, tags=all_tags) as run:
+    with mlflow.start_run(
+        run_id=run_id, experiment_id=experiment_id(experiment), run_name=run_name, tags=all_tags
+    ) as run:
         yield run

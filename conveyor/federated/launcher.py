@@ -161,8 +161,8 @@ class LocalFederation:
         except subprocess.TimeoutExpired:
             raise FederationError(f"`flwr run` did not return within {timeout_s:.0f} s") from None
         try:
-            reply = json.loads(done.stdout.strip().splitlines()[-1])
-        except (json.JSONDecodeError, IndexError):
+            reply = json.loads(done.stdout[done.stdout.index("{"):])
+        except (json.JSONDecodeError, ValueError):
             reply = {}
         if done.returncode != 0 or not reply.get("success"):
             detail = (done.stdout + done.stderr).strip()[-2000:]
@@ -178,16 +178,11 @@ class LocalFederation:
 
     def stop(self) -> None:
         """Stop every process started here and all their descendants, by pid (TERM, then KILL)."""
-        tree: list[psutil.Process] = []
-        for process in self.processes.values():
-            try:
-                root = psutil.Process(process.pid)
-                tree += [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                continue
-        for proc in reversed(tree):  # children first, so none is re-parented out of our sight
+        tree = [proc for process in self.processes.values() for proc in _freeze_tree(process.pid)]
+        for proc in tree:
             try:
                 proc.terminate()
+                proc.resume()
             except psutil.NoSuchProcess:
                 continue
         _, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
@@ -201,3 +196,17 @@ class LocalFederation:
             process.poll()  # reap
         self.stopped_pids += [proc.pid for proc in tree]
         self.processes.clear()
+
+
+def _freeze_tree(pid: int) -> list[psutil.Process]:
+    """Suspend a process and all its descendants, parents first, so none can spawn or escape meanwhile."""
+    frozen, frontier = [], [pid]
+    while frontier:
+        try:
+            proc = psutil.Process(frontier.pop())
+            proc.suspend()
+            frozen.append(proc)
+            frontier += [child.pid for child in proc.children()]
+        except psutil.NoSuchProcess:
+            continue
+    return frozen
