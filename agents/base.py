@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -33,7 +32,8 @@ class Agent:
     name: str
     description: str
     request: type[AgentRequest]
-    run: Callable[[AgentRequest], AgentResult]
+    run: Callable[..., AgentResult]
+    streams: bool = False  # run() takes on_token= and reports tokens as they are generated
 
     def __call__(self, instruction: str, context: str = "", **fields) -> AgentResult:
         return self.run(self.request(instruction=instruction, context=context, **fields))
@@ -44,7 +44,3 @@ def save_figures(figures: list[Figure]) -> list[str]:
     folder = get_settings().state_dir / "agent-outputs" / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True, exist_ok=True)
     return [str(figure.save(folder)) for figure in figures]
-
-
-def figure_paths(result: AgentResult) -> list[Path]:
-    return [Path(p) for p in result.figures if Path(p).is_file()]

@@ -13,9 +13,11 @@ from agents.llm import LLMUnavailable
 NAME = "code"
 CODE_DOMAIN = "python"
 log = logging.getLogger(__name__)
-SYSTEM = ("You are a careful Python programmer. Write a complete, runnable script for the task using only the "
-          "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). Reply with one "
-          "```python block.")
+SYSTEM = (
+    "You are a careful Python programmer. Write a complete, runnable script for the task using only the "
+    "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). Reply with one "
+    "```python block."
+)
 
 
 class CodeRequest(AgentRequest):
@@ -32,8 +34,10 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
     except Exception as exc:  # no code domain indexed yet: write code without examples
         log.warning("no code examples retrieved: %s", exc)
         return "", []
-    sources = [{"n": i, "doc_id": p.doc_id, "domain": p.domain, "title": p.title, "text": p.text[:600]}
-               for i, p in enumerate(passages, start=1)]
+    sources = [
+        {"n": i, "doc_id": p.doc_id, "domain": p.domain, "title": p.title, "text": p.text[:600]}
+        for i, p in enumerate(passages, start=1)
+    ]
     text = "\n\n".join(f"Reference {s['n']} ({s['title'] or s['doc_id']}):\n{s['text']}" for s in sources)
     return f"\n\nReference documentation:\n{text}", sources
 
@@ -43,37 +47,69 @@ def write(request: CodeRequest) -> AgentResult:
     references, sources = reference_examples(request.instruction)
     try:
         dataset_id = find_dataset(f"{request.instruction}\n{request.context}")
-        files, data_note = dataset_files(dataset_id), "\n\nData available in the current folder:\n" + \
-            describe_for_prompt(dataset_id)
+        files, data_note = (
+            dataset_files(dataset_id),
+            "\n\nData available in the current folder:\n" + describe_for_prompt(dataset_id),
+        )
     except DatasetMissing:
         files, data_note = {}, ""
     context = f"\n\nEarlier results:\n{request.context[:1500]}" if request.context else ""
-    messages = [{"role": "system", "content": SYSTEM + references[:2400] + memory.examples_for_prompt(
-                    NAME, request.instruction)},
-                {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"}]
+    messages = [
+        {
+            "role": "system",
+            "content": SYSTEM + references[:2400] + memory.examples_for_prompt(NAME, request.instruction),
+        },
+        {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"},
+    ]
     try:
         attempt = write_code(messages, files=files, execute=request.execute, max_repairs=request.max_repairs)
     except LLMUnavailable as exc:
-        return AgentResult(agent=NAME, answer=f"The language model is unavailable: {exc}", ok=False,
-                           error=str(exc), sources=sources)
+        return AgentResult(
+            agent=NAME,
+            answer=f"The language model is unavailable: {exc}",
+            ok=False,
+            error=str(exc),
+            sources=sources,
+        )
     run = attempt.run
-    status = ("it parses" if run is None else "it ran successfully in the sandbox" if run.ok
-              else f"it still fails: {run.failure()}") if attempt.parses else f"it does not parse: {attempt.errors[-1]}"
+    status = (
+        (
+            "it parses"
+            if run is None
+            else "it ran successfully in the sandbox"
+            if run.ok
+            else f"it still fails: {run.failure()}"
+        )
+        if attempt.parses
+        else f"it does not parse: {attempt.errors[-1]}"
+    )
     repairs = f" after {attempt.attempts - 1} repair(s)" if attempt.attempts > 1 else ""
     return AgentResult(
-        agent=NAME, ok=attempt.ok, error=None if attempt.ok else attempt.errors[-1], sources=sources,
+        agent=NAME,
+        ok=attempt.ok,
+        error=None if attempt.ok else attempt.errors[-1],
+        sources=sources,
         answer=f"```python\n{attempt.code}\n```\n\nChecked: {status}{repairs}.",
         figures=save_figures(run.figures) if run else [],
-        data={"code": attempt.code, "parses": attempt.parses, "executed": run is not None,
-              "run_ok": bool(run and run.ok), "attempts": attempt.attempts, "errors": attempt.errors,
-              "stdout": run.stdout[:2000] if run else "", "result": run.result if run else None},
+        data={
+            "code": attempt.code,
+            "parses": attempt.parses,
+            "executed": run is not None,
+            "run_ok": bool(run and run.ok),
+            "attempts": attempt.attempts,
+            "errors": attempt.errors,
+            "stdout": run.stdout[:2000] if run else "",
+            "result": run.result if run else None,
+        },
     )
 
 
 AGENT = Agent(
     name=NAME,
-    description="Writes, fixes or explains Python code and scripts for a described programming task (functions, "
-                "parsing, files, algorithms, plotting code).",
+    description=(
+        "Writes or fixes program code: functions, scripts, regexes, classes, tests. "
+        "Example: 'Write a Python function that reverses a string'"
+    ),
     request=CodeRequest,
     run=write,
 )

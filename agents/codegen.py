@@ -40,8 +40,14 @@ def syntax_error(code: str) -> str | None:
     return None
 
 
-def write_code(messages: list[dict], files: dict[str, Path] | None = None, execute: bool = True,
-               max_repairs: int = 2, max_tokens: int = 400, limits: Limits | None = None) -> CodeAttempt:
+def write_code(
+    messages: list[dict],
+    files: dict[str, Path] | None = None,
+    execute: bool = True,
+    max_repairs: int = 2,
+    max_tokens: int = 400,
+    limits: Limits | None = None,
+) -> CodeAttempt:
     """Generate code; while it fails to parse or run, show the model its error and ask for a fix."""
     llm = get_llm()
     history = list(messages)
@@ -58,8 +64,14 @@ def write_code(messages: list[dict], files: dict[str, Path] | None = None, execu
         if problem:
             errors.append(problem)
         if problem is None or attempt > max_repairs:
-            return CodeAttempt(code=code, parses=syntax_error(code) is None, run=run, attempts=attempt,
-                               errors=errors)
-        history += [{"role": "assistant", "content": f"```python\n{code}\n```"},
-                    {"role": "user", "content": f"That code failed with: {problem[:600]}\n"
-                                                f"Return the whole corrected code in one ```python block."}]
+            return CodeAttempt(
+                code=code, parses=syntax_error(code) is None, run=run, attempts=attempt, errors=errors
+            )
+        history += [
+            {"role": "assistant", "content": f"```python\n{code}\n```"},
+            {
+                "role": "user",
+                "content": f"That code failed with: {problem[:600]}\n"
+                f"Return the whole corrected code in one ```python block.",
+            },
+        ]

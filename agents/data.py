@@ -15,10 +15,12 @@ from conveyor import datasets
 NAME = "data"
 CSV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.csv")
 CHART_WORDS = re.compile(r"\b(chart|plot|graph|visuali[sz]\w*|figure|histogram)\b", re.IGNORECASE)
-SYSTEM = ("You write short Python scripts with pandas. The data is the CSV file named below in the current "
-          "folder. Put every number of the answer in a dict named `result` (plain int/float/str values or "
-          "`.to_dict()`). When a chart is asked for, draw it with matplotlib and call plt.savefig('chart.png'). "
-          "Reply with one ```python block only.")
+SYSTEM = (
+    "You write short Python scripts with pandas. The data is the CSV file named below in the current "
+    "folder. Put every number of the answer in a dict named `result` (plain int/float/str values or "
+    "`.to_dict()`). When a chart is asked for, draw it with matplotlib and call plt.savefig('chart.png'). "
+    "Reply with one ```python block only."
+)
 
 
 class DataRequest(AgentRequest):
@@ -48,8 +50,10 @@ def dataset_files(dataset_id: str) -> dict[str, Path]:
 def describe_for_prompt(dataset_id: str) -> str:
     frame = datasets.load(dataset_id)
     columns = ", ".join(f"{name} ({dtype})" for name, dtype in frame.dtypes.astype(str).items())
-    return (f"File: {dataset_id}.csv ({len(frame)} rows)\nColumns: {columns}\n"
-            f"First rows:\n{frame.head(3).to_csv(index=False)}")
+    return (
+        f"File: {dataset_id}.csv ({len(frame)} rows)\nColumns: {columns}\n"
+        f"First rows:\n{frame.head(3).to_csv(index=False)}"
+    )
 
 
 def profile_code(dataset_id: str, chart: bool) -> str:
@@ -87,7 +91,11 @@ def format_value(value) -> str:
 
 def render_answer(dataset_id: str, result: object, fallback: bool) -> str:
     """The answer, written from the executed code's `result` only."""
-    how = "a standard profile (the generated code failed)" if fallback else "pandas code executed in the sandbox"
+    how = (
+        "a standard profile (the generated code failed)"
+        if fallback
+        else "pandas code executed in the sandbox"
+    )
     lines = [f"Computed from `{dataset_id}.csv` with {how}:"]
     items = result.items() if isinstance(result, dict) else [("result", result)]
     lines += [f"- **{key}**: {format_value(value)}" for key, value in items]
@@ -97,15 +105,20 @@ def render_answer(dataset_id: str, result: object, fallback: bool) -> str:
 def analyze(request: DataRequest) -> AgentResult:
     """Write pandas code for the question, run it (repairing it from errors), answer from its `result`."""
     try:
-        dataset_id = datasets.validate_id(request.dataset) if request.dataset else find_dataset(
-            f"{request.instruction}\n{request.context}")
+        dataset_id = (
+            datasets.validate_id(request.dataset)
+            if request.dataset
+            else find_dataset(f"{request.instruction}\n{request.context}")
+        )
         files, description = dataset_files(dataset_id), describe_for_prompt(dataset_id)
     except (datasets.DatasetError, DatasetMissing) as exc:
         return AgentResult(agent=NAME, answer=f"Cannot analyse: {exc}", ok=False, error=str(exc))
     chart = bool(CHART_WORDS.search(request.instruction))
     examples = memory.examples_for_prompt(NAME, request.instruction)
-    messages = [{"role": "system", "content": SYSTEM + examples},
-                {"role": "user", "content": f"{description}\nQuestion: {request.instruction}"}]
+    messages = [
+        {"role": "system", "content": SYSTEM + examples},
+        {"role": "user", "content": f"{description}\nQuestion: {request.instruction}"},
+    ]
     code, run, errors = "", None, []
     try:
         attempt = write_code(messages, files=files, max_tokens=350)
@@ -117,19 +130,34 @@ def analyze(request: DataRequest) -> AgentResult:
         code = profile_code(dataset_id, chart)
         run = run_code(code, files=files)
     if not run.ok:
-        return AgentResult(agent=NAME, answer=f"The analysis failed: {run.failure()}", ok=False,
-                           error=run.failure(), data={"dataset": dataset_id, "code": code, "errors": errors})
+        return AgentResult(
+            agent=NAME,
+            answer=f"The analysis failed: {run.failure()}",
+            ok=False,
+            error=run.failure(),
+            data={"dataset": dataset_id, "code": code, "errors": errors},
+        )
     return AgentResult(
-        agent=NAME, answer=render_answer(dataset_id, run.result, fallback), figures=save_figures(run.figures),
-        data={"dataset": dataset_id, "code": code, "result": run.result, "fallback": fallback, "errors": errors,
-              "stdout": run.stdout[:2000]},
+        agent=NAME,
+        answer=render_answer(dataset_id, run.result, fallback),
+        figures=save_figures(run.figures),
+        data={
+            "dataset": dataset_id,
+            "code": code,
+            "result": run.result,
+            "fallback": fallback,
+            "errors": errors,
+            "stdout": run.stdout[:2000],
+        },
     )
 
 
 AGENT = Agent(
     name=NAME,
-    description="Analyses a named CSV dataset with pandas: statistics, totals, averages, group aggregations, "
-                "trends and charts of its columns (e.g. revenue by region in sales_2024.csv).",
+    description=(
+        "Computes numbers or charts from a named CSV dataset (sales_2024.csv, breast_cancer.csv) with pandas. "
+        "Example: 'Average revenue per region in sales_2024.csv'"
+    ),
     request=DataRequest,
     run=analyze,
 )

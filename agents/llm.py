@@ -41,7 +41,9 @@ class LLM(Protocol):
 
     def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str: ...
 
-    def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]: ...
+    def stream(
+        self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
+    ) -> Iterator[str]: ...
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T: ...
 
@@ -106,8 +108,11 @@ class EmbeddedLLM:
         self.timeout_s = settings.llm_timeout_s
         self._lock = threading.Lock()
         self._llama = Llama(
-            model_path=str(model_file()), n_ctx=settings.llm_context, n_threads=settings.llm_threads,
-            n_threads_batch=settings.llm_threads, verbose=False,
+            model_path=str(model_file()),
+            n_ctx=settings.llm_context,
+            n_threads=settings.llm_threads,
+            n_threads_batch=settings.llm_threads,
+            verbose=False,
         )
 
     @contextmanager
@@ -150,8 +155,9 @@ class EmbeddedLLM:
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
         # In-process, `json_schema` response formats are ignored; `json_object` + schema is grammar-enforced.
         response_format = {"type": "json_object", "schema": schema.model_json_schema()}
-        text = "".join(self._chunks(messages, max_tokens=max_tokens, temperature=0.0,
-                                    response_format=response_format))
+        text = "".join(
+            self._chunks(messages, max_tokens=max_tokens, temperature=0.0, response_format=response_format)
+        )
         return parse_json(text, schema)
 
 
@@ -165,12 +171,19 @@ class OpenAICompatibleLLM:
         if not settings.llm_base_url:
             raise ConfigurationError("CONVEYOR_LLM_BASE_URL must be set when CONVEYOR_LLM_BACKEND=openai")
         self.name = settings.llm_model
-        self._errors = (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError,
-                        openai.AuthenticationError, openai.NotFoundError, openai.RateLimitError)
+        self._errors = (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.InternalServerError,
+            openai.AuthenticationError,
+            openai.NotFoundError,
+            openai.RateLimitError,
+        )
         self._schema_rejected = (openai.BadRequestError, openai.InternalServerError)
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
-        self._client = openai.OpenAI(base_url=settings.llm_base_url, api_key=key,
-                                     timeout=settings.llm_timeout_s, max_retries=1)
+        self._client = openai.OpenAI(
+            base_url=settings.llm_base_url, api_key=key, timeout=settings.llm_timeout_s, max_retries=1
+        )
         self._json_schema_supported = True
 
     @contextmanager
@@ -178,28 +191,39 @@ class OpenAICompatibleLLM:
         try:
             yield
         except self._errors as exc:
-            raise LLMUnavailable(f"LLM endpoint {self._client.base_url} failed: {type(exc).__name__}") from None
+            raise LLMUnavailable(
+                f"LLM endpoint {self._client.base_url} failed: {type(exc).__name__}"
+            ) from None
 
     def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str:
         with self._calls():
             response = self._client.chat.completions.create(
-                model=self.name, messages=messages, max_tokens=max_tokens, temperature=temperature)
+                model=self.name, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
         return response.choices[0].message.content or ""
 
     def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
         with self._calls():
             for chunk in self._client.chat.completions.create(
-                    model=self.name, messages=messages, max_tokens=max_tokens, temperature=temperature,
-                    stream=True):
+                model=self.name,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
         """Ask for `json_schema`; servers that reject it (llama.cpp server: HTTP 500/400) get `json_object`."""
-        strict = {"type": "json_schema",
-                  "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
-        hint = {"role": "system", "content": f"Reply with JSON matching this schema: "
-                                             f"{json.dumps(schema.model_json_schema())}"}
+        strict = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+        }
+        hint = {
+            "role": "system",
+            "content": f"Reply with JSON matching this schema: {json.dumps(schema.model_json_schema())}",
+        }
         with self._calls():
             if self._json_schema_supported:
                 try:
@@ -207,12 +231,18 @@ class OpenAICompatibleLLM:
                 except self._schema_rejected:
                     log.info("%s rejects json_schema; using json_object", self._client.base_url)
                     self._json_schema_supported = False
-            return parse_json(self._create_json([hint, *messages], max_tokens, {"type": "json_object"}), schema)
+            return parse_json(
+                self._create_json([hint, *messages], max_tokens, {"type": "json_object"}), schema
+            )
 
     def _create_json(self, messages: list[dict], max_tokens: int, response_format: dict) -> str:
         response = self._client.chat.completions.create(
-            model=self.name, messages=messages, max_tokens=max_tokens, temperature=0.0,
-            response_format=response_format)
+            model=self.name,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            response_format=response_format,
+        )
         return response.choices[0].message.content or ""
 
 

@@ -15,8 +15,10 @@ RELEVANCE_MIN = 0.3  # MiniLM cosine between question and passage below which a 
 ATTRIBUTION_MIN = 0.35
 CITATION = re.compile(r"\[(\d+)\]")
 NO_ANSWER = "I don't know: the knowledge base has nothing relevant to this question."
-SYSTEM = ("You answer questions using only the numbered sources given. Cite the sources you use as [1], [2]. "
-          "If the sources do not contain the answer, say you don't know. Be brief.")
+SYSTEM = (
+    "You answer questions using only the numbered sources given. Cite the sources you use as [1], [2]. "
+    "If the sources do not contain the answer, say you don't know. Be brief."
+)
 
 
 class ResearchRequest(AgentRequest):
@@ -26,9 +28,15 @@ class ResearchRequest(AgentRequest):
 
 def _source(number: int, passage) -> dict:
     fields = passage.model_dump() if hasattr(passage, "model_dump") else dict(vars(passage))
-    return {"n": number, "doc_id": fields.get("doc_id"), "chunk_id": fields.get("chunk_id"),
-            "domain": fields.get("domain"), "title": fields.get("title"), "score": fields.get("score"),
-            "text": str(fields.get("text", ""))[:800]}
+    return {
+        "n": number,
+        "doc_id": fields.get("doc_id"),
+        "chunk_id": fields.get("chunk_id"),
+        "domain": fields.get("domain"),
+        "title": fields.get("title"),
+        "score": fields.get("score"),
+        "text": str(fields.get("text", ""))[:800],
+    }
 
 
 def relevant_sources(question: str, domains: list[str] | None, k: int) -> list[dict]:
@@ -54,7 +62,7 @@ def attribute(answer: str, sources: list[dict]) -> str:
     if not uncited or not sources:
         return answer
     vectors = embed([sentences[i] for i in uncited] + [s["text"] for s in sources])
-    scores = vectors[: len(uncited)] @ vectors[len(uncited):].T
+    scores = vectors[: len(uncited)] @ vectors[len(uncited) :].T
     for row, index in enumerate(uncited):
         best = int(np.argmax(scores[row]))
         if scores[row, best] >= ATTRIBUTION_MIN:
@@ -79,8 +87,10 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
         return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": []})
     numbered = "\n\n".join(f"[{s['n']}] {s['title'] or s['doc_id']}: {s['text']}" for s in sources)
     context = f"\n\nEarlier results:\n{request.context[:2000]}" if request.context else ""
-    messages = [{"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"}]
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"},
+    ]
     try:
         tokens = []
         for token in get_llm().stream(messages, max_tokens=200, temperature=0.1):
@@ -88,8 +98,13 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
             if on_token:
                 on_token(token)
     except LLMUnavailable as exc:
-        return AgentResult(agent=NAME, ok=False, error=str(exc), sources=sources,
-                           answer=f"The language model is unavailable ({exc}); the retrieved sources follow.")
+        return AgentResult(
+            agent=NAME,
+            ok=False,
+            error=str(exc),
+            sources=sources,
+            answer=f"The language model is unavailable ({exc}); the retrieved sources follow.",
+        )
     text = attribute("".join(tokens), sources)
     # Citations that name no source are removed rather than shown as dangling numbers.
     text = CITATION.sub(lambda m: m.group(0) if int(m.group(1)) <= len(sources) else "", text)
@@ -98,8 +113,11 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
 
 AGENT = Agent(
     name=NAME,
-    description="Answers questions about documentation, concepts and facts from the knowledge base, with "
-                "citations (how does X work, what is Y, explain Z).",
+    description=(
+        "Answers what/how/why questions about concepts, Python modules, Conveyor or the ML datasets' "
+        "documentation, from the knowledge base with citations. Example: 'What is a Prefect work pool?'"
+    ),
     request=ResearchRequest,
     run=answer,
+    streams=True,
 )

@@ -28,7 +28,9 @@ class Limits(BaseModel):
     cpu_s: int = Field(20, ge=1)
     wall_s: float = Field(60.0, gt=0)
     memory_bytes: int = Field(2 << 30, ge=256 << 20)
-    file_bytes: int = Field(8 << 20, ge=1024, description="Largest file (stdout included) the code may write.")
+    file_bytes: int = Field(
+        8 << 20, ge=1024, description="Largest file (stdout included) the code may write."
+    )
     processes: int = Field(64, ge=1)
 
 
@@ -52,6 +54,7 @@ class SandboxResult(BaseModel):
     limit: str | None = Field(None, description="cpu, memory, wall or output when a limit stopped the code")
     figures: list[Figure] = []
     network: str = ""
+    user: str = ""
     duration_s: float = 0.0
 
     def failure(self) -> str:
@@ -79,8 +82,9 @@ def _confine_ownership(scratch: Path, mpl_cache: Path) -> None:
     mpl_cache.mkdir(parents=True, exist_ok=True)
 
 
-def _diagnose(returncode: int, outcome: dict, output_size: int, limits: Limits,
-              timed_out: bool) -> tuple[str | None, str | None]:
+def _diagnose(
+    returncode: int, outcome: dict, output_size: int, limits: Limits, timed_out: bool
+) -> tuple[str | None, str | None]:
     """(limit, error) from how the child ended."""
     error = outcome.get("error") or {}
     if timed_out:
@@ -98,8 +102,12 @@ def _diagnose(returncode: int, outcome: dict, output_size: int, limits: Limits,
     return None, None
 
 
-def run_code(code: str, files: dict[str, Path] | None = None, limits: Limits | None = None,
-             preload: tuple[str, ...] = ("numpy", "pandas", "matplotlib.pyplot")) -> SandboxResult:
+def run_code(
+    code: str,
+    files: dict[str, Path] | None = None,
+    limits: Limits | None = None,
+    preload: tuple[str, ...] = ("numpy", "pandas", "matplotlib.pyplot"),
+) -> SandboxResult:
     """Run `code` in a child process with no network, resource limits and a scratch working folder.
 
     Args:
@@ -114,16 +122,33 @@ def run_code(code: str, files: dict[str, Path] | None = None, limits: Limits | N
     try:
         _stage(scratch, files or {})
         _confine_ownership(scratch, mpl_cache)
-        config = {"scratch": str(scratch), "code": code, "preload": list(preload),
-                  "limits": limits.model_dump(exclude={"wall_s"})}
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
-               "MPLCONFIGDIR": str(mpl_cache), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}
+        config = {
+            "scratch": str(scratch),
+            "code": code,
+            "preload": list(preload),
+            "limits": limits.model_dump(exclude={"wall_s"}),
+        }
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(scratch),
+            "LANG": "C.UTF-8",
+            "MPLBACKEND": "Agg",
+            "MPLCONFIGDIR": str(mpl_cache),
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         started = time.monotonic()
         with (scratch / ".stdout").open("wb") as out, (scratch / ".stderr").open("wb") as err:
-            child = subprocess.Popen([sys.executable, "-I", str(CHILD), json.dumps(config)], cwd=scratch,
-                                     env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                     start_new_session=True)
+            child = subprocess.Popen(
+                [sys.executable, "-I", str(CHILD), json.dumps(config)],
+                cwd=scratch,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
             timed_out = False
             try:
                 child.wait(timeout=limits.wall_s)
@@ -146,7 +171,9 @@ def _kill_group(child: subprocess.Popen) -> None:
     child.wait()
 
 
-def _collect(scratch: Path, returncode: int, limits: Limits, timed_out: bool, duration: float) -> SandboxResult:
+def _collect(
+    scratch: Path, returncode: int, limits: Limits, timed_out: bool, duration: float
+) -> SandboxResult:
     outcome_file = scratch / "__outcome__.json"
     try:
         outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else {}
@@ -156,10 +183,21 @@ def _collect(scratch: Path, returncode: int, limits: Limits, timed_out: bool, du
     stderr = _read(scratch / ".stderr", SHOWN_OUTPUT_CHARS)
     output_size = max((scratch / name).stat().st_size for name in (".stdout", ".stderr"))
     limit, error = _diagnose(returncode, outcome, output_size, limits, timed_out)
-    figures = [Figure(name=p.name, png_base64=base64.b64encode(p.read_bytes()).decode())
-               for p in sorted(scratch.glob("*.png")) if p.stat().st_size <= limits.file_bytes]
+    figures = [
+        Figure(name=p.name, png_base64=base64.b64encode(p.read_bytes()).decode())
+        for p in sorted(scratch.glob("*.png"))
+        if p.stat().st_size <= limits.file_bytes
+    ]
     return SandboxResult(
-        ok=error is None, result=outcome.get("result"), stdout=stdout, stderr=stderr[-4000:], error=error,
-        error_line=(outcome.get("error") or {}).get("line"), limit=limit, figures=figures,
-        network=outcome.get("network", ""), duration_s=round(duration, 3),
+        ok=error is None,
+        result=outcome.get("result"),
+        stdout=stdout,
+        stderr=stderr[-4000:],
+        error=error,
+        error_line=(outcome.get("error") or {}).get("line"),
+        limit=limit,
+        figures=figures,
+        network=outcome.get("network", ""),
+        user=outcome.get("user", ""),
+        duration_s=round(duration, 3),
     )

@@ -13,13 +13,45 @@ from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
 NOBODY = 65534
-WRITE_EVENTS = {"os.remove", "os.rename", "os.replace", "os.mkdir", "os.rmdir", "os.symlink", "os.link",
-                "os.chmod", "os.chown", "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile",
-                "shutil.move", "os.chdir"}
+WRITE_EVENTS = {
+    "os.remove",
+    "os.rename",
+    "os.replace",
+    "os.mkdir",
+    "os.rmdir",
+    "os.symlink",
+    "os.link",
+    "os.chmod",
+    "os.chown",
+    "os.truncate",
+    "os.utime",
+    "shutil.rmtree",
+    "shutil.copyfile",
+    "shutil.move",
+    "os.chdir",
+}
 LIST_EVENTS = {"os.listdir", "os.scandir", "glob.glob"}
-BLOCKED_PREFIXES = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-                    "os.forkpty", "os.kill", "os.killpg", "pty.", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
-                    "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.")
+BLOCKED_PREFIXES = (
+    "socket.",
+    "subprocess.",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "os.forkpty",
+    "os.kill",
+    "os.killpg",
+    "pty.",
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.cdata",
+    "urllib.",
+    "http.",
+    "ftplib.",
+    "smtplib.",
+    "webbrowser.",
+)
 
 
 def isolate_network() -> str:
@@ -31,18 +63,36 @@ def isolate_network() -> str:
 
 
 def apply_limits(limits: dict) -> None:
-    for name, value in (("RLIMIT_CPU", limits["cpu_s"]), ("RLIMIT_AS", limits["memory_bytes"]),
-                        ("RLIMIT_FSIZE", limits["file_bytes"]), ("RLIMIT_NPROC", limits["processes"]),
-                        ("RLIMIT_NOFILE", 256), ("RLIMIT_CORE", 0)):
+    for name, value in (
+        ("RLIMIT_CPU", limits["cpu_s"]),
+        ("RLIMIT_AS", limits["memory_bytes"]),
+        ("RLIMIT_FSIZE", limits["file_bytes"]),
+        ("RLIMIT_NPROC", limits["processes"]),
+        ("RLIMIT_NOFILE", 256),
+        ("RLIMIT_CORE", 0),
+    ):
         hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU first, SIGKILL a second later
         resource.setrlimit(getattr(resource, name), (value, hard))
 
 
-def drop_privileges() -> None:
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+def world_readable(path: str) -> bool:
+    """Whether another user can reach `path` (every parent folder searchable, the path itself readable)."""
+    parts = Path(path).parts
+    for depth in range(1, len(parts) + 1):
+        mode = os.stat(Path(*parts[:depth])).st_mode
+        if not mode & 0o001 or (depth == len(parts) and not mode & 0o004):
+            return False
+    return True
+
+
+def drop_privileges(roots: list[str]) -> str:
+    """Become `nobody` when root, unless the interpreter's own files would become unreadable."""
+    if os.geteuid() != 0 or not all(world_readable(r) for r in roots if os.path.isdir(r)):
+        return str(os.geteuid())
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    return "nobody"
 
 
 def read_roots() -> list[str]:
@@ -52,9 +102,9 @@ def read_roots() -> list[str]:
     return sorted(os.path.realpath(r) for r in roots if r and os.path.exists(r))
 
 
-def install_guard(scratch: str) -> None:
+def install_guard(scratch: str, roots: list[str]) -> None:
     """An audit hook that refuses network, processes, native loading and files outside scratch."""
-    readable = [scratch, *read_roots()]
+    readable = [scratch, *roots]
 
     def inside(path, roots: list[str]) -> bool:
         if isinstance(path, int) or path is None:
@@ -103,12 +153,13 @@ def main() -> None:
     network = isolate_network()
     for module in config["preload"]:
         __import__(module)  # trusted imports before confinement (they read the interpreter's files)
+    roots = read_roots()
     apply_limits(config["limits"])
-    drop_privileges()
+    user = drop_privileges(roots)
     os.chdir(scratch)
     sys.path[:] = [p for p in sys.path if p]
-    install_guard(str(scratch.resolve()))
-    outcome: dict = {"network": network}
+    install_guard(str(scratch.resolve()), roots)
+    outcome: dict = {"network": network, "user": user}
     namespace = {"__name__": "__main__"}
     try:
         exec(compile(config["code"], "<agent-code>", "exec"), namespace)
@@ -117,8 +168,11 @@ def main() -> None:
             outcome["result"] = json.loads(json.dumps(namespace["result"], default=to_json))
     except BaseException as exc:  # the code under test may raise anything, SystemExit included
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<agent-code>"]
-        outcome["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000],
-                            "line": frames[-1].lineno if frames else None}
+        outcome["error"] = {
+            "type": type(exc).__name__,
+            "message": str(exc)[:2000],
+            "line": frames[-1].lineno if frames else None,
+        }
         traceback.print_exception(exc, file=sys.stderr)
     with open(scratch / "__outcome__.json", "w") as handle:
         json.dump(outcome, handle)

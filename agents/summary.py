@@ -10,7 +10,9 @@ from agents.base import Agent, AgentRequest, AgentResult
 from agents.llm import LLMUnavailable, get_llm
 
 NAME = "summary"
-SYSTEM = "You summarise text faithfully and concisely. Keep the numbers that matter. Use at most {words} words."
+SYSTEM = (
+    "You summarise text faithfully and concisely. Keep the numbers that matter. Use at most {words} words."
+)
 
 
 class SummaryRequest(AgentRequest):
@@ -30,26 +32,35 @@ def bound_words(text: str, max_words: int) -> str:
 def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = None) -> AgentResult:
     """Summarise the instruction's text plus any earlier results, in at most `max_words` words."""
     text = f"{request.instruction}\n\n{request.context}".strip()[:12_000]
-    messages = [{"role": "system", "content": SYSTEM.format(words=request.max_words)},
-                {"role": "user", "content": f"Summarise:\n\n{text}"}]
+    messages = [
+        {"role": "system", "content": SYSTEM.format(words=request.max_words)},
+        {"role": "user", "content": f"Summarise:\n\n{text}"},
+    ]
     try:
         tokens = []
-        for token in get_llm().stream(messages, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2):
+        for token in get_llm().stream(
+            messages, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2
+        ):
             tokens.append(token)
             if on_token:
                 on_token(token)
     except LLMUnavailable as exc:
-        return AgentResult(agent=NAME, answer=f"The language model is unavailable: {exc}", ok=False,
-                           error=str(exc))
+        return AgentResult(
+            agent=NAME, answer=f"The language model is unavailable: {exc}", ok=False, error=str(exc)
+        )
     summary = bound_words("".join(tokens), request.max_words)
-    return AgentResult(agent=NAME, answer=summary, data={"words": len(summary.split()),
-                                                         "max_words": request.max_words})
+    return AgentResult(
+        agent=NAME, answer=summary, data={"words": len(summary.split()), "max_words": request.max_words}
+    )
 
 
 AGENT = Agent(
     name=NAME,
-    description="Summarises, shortens or condenses a given text, document, conversation or earlier results "
-                "(TL;DR, key points, write a report of findings).",
+    description=(
+        "Makes a given text shorter: summaries, key points, TL;DR of text in the message or earlier results. "
+        "Example: 'Summarize this: ...'"
+    ),
     request=SummaryRequest,
     run=summarise,
+    streams=True,
 )

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
@@ -60,7 +62,7 @@ def version_uri(name: str, version: str) -> str:
 def champion_version(name: str) -> str | None:
     """The version number behind `models:/{name}@champion`, or None when there is none."""
     found = _alias_version(name, CHAMPION)
-    return found.version if found else None
+    return str(found.version) if found else None
 
 
 def load_champion(name: str) -> tuple[str, mlflow.pyfunc.PyFuncModel]:
@@ -103,7 +105,7 @@ def register_and_promote(
     """
     mlflow_client = tracking.client()
     registered = mlflow.register_model(model_uri, name, tags={"conveyor.run_id": run_id})
-    version = registered.version
+    version = str(registered.version)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, version)
     challenger_value = float(evaluate(version_uri(name, version)))
 
@@ -123,7 +125,7 @@ def register_and_promote(
 
     decision = PromotionDecision(
         name=name, version=version, run_id=run_id, metric=metric, greater_is_better=greater_is_better,
-        challenger_value=challenger_value, champion_version=champion.version if champion else None,
+        challenger_value=challenger_value, champion_version=str(champion.version) if champion else None,
         champion_value=champion_value, promoted=promoted, reason=reason,
         decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
@@ -179,20 +181,19 @@ def _publish_artifact(decision: PromotionDecision) -> None:
     )
 
 
-def predict_rows(model: mlflow.pyfunc.PyFuncModel, inputs: list) -> list:
-    """Predict on JSON-like `inputs` (rows of numbers, or records for column-based models) as a list.
-
-    Tensor-signature models (Lightning) get a numpy array of the signature's dtype; column-based ones
-    (scikit-learn) get a DataFrame, so callers need not know which flavour the champion is.
-    """
-    import numpy as np
-    import pandas as pd
-
+def model_input(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+    """`frame` in the form the model's signature takes: an array of its dtype for tensor-signature
+    models (Lightning), the frame itself for column-based ones (scikit-learn)."""
     schema = model.metadata.get_input_schema()
     if schema is not None and schema.is_tensor_spec():
-        data = np.asarray(inputs, dtype=schema.numpy_types()[0])
-    else:
-        data = pd.DataFrame(inputs, columns=schema.input_names() if schema and inputs and
-                            not isinstance(inputs[0], dict) else None)
-    predictions = model.predict(data)
-    return np.asarray(predictions).tolist()
+        return frame.to_numpy(dtype=schema.numpy_types()[0])
+    return frame
+
+
+def predict_rows(model: mlflow.pyfunc.PyFuncModel, inputs: list) -> list:
+    """Predictions for JSON-like `inputs` (rows of numbers, or records with column names) as a list."""
+    schema = model.metadata.get_input_schema()
+    names = schema.input_names() if schema is not None and schema.has_input_names() else None
+    is_rows = bool(inputs) and not isinstance(inputs[0], dict)
+    frame = pd.DataFrame(inputs, columns=names if is_rows and names else None)
+    return np.asarray(model.predict(model_input(model, frame))).tolist()

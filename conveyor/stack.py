@@ -182,6 +182,7 @@ def up(settings: Settings | None = None) -> None:
     for service in services(settings):
         if service.name == "prefect-worker":
             workpools.apply(settings.work_pool, api_url=prefect_api_url(settings))
+            workpools.apply_crash_detection(api_url=prefect_api_url(settings))
         _start(service, settings, env)
     print(f"Prefect UI  http://127.0.0.1:{settings.prefect_port}   (export PREFECT_API_URL={env['PREFECT_API_URL']})")
     print(f"MLflow UI   http://127.0.0.1:{settings.mlflow_port}")

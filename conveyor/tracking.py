@@ -83,3 +83,15 @@ def start_run(
         run_id=run_id, experiment_id=experiment_id(experiment), run_name=run_name, tags=all_tags
     ) as run:
         yield run
+
+
+@contextmanager
+def use_run(run_id: str) -> Iterator[Any]:
+    """Make `run_id` the active run for fluent logging: the current one if it is active, else resumed."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield active
+        return
+    _configured_uri(get_settings().tracking_uri)
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run

@@ -73,21 +73,35 @@ def ensure_first_admin(session: Session, username: str, password: str | None) ->
     return create_user(session, username, password, is_admin=True)
 
 
-def open_conversation(session: Session, user: User, conversation_id: str | None, first_message: str) -> Conversation:
+def open_conversation(
+    session: Session, user: User, conversation_id: str | None, first_message: str
+) -> Conversation:
     """The user's conversation by id (LookupError if absent or someone else's), or a new one."""
     if conversation_id is None:
         conversation = Conversation(user_id=user.id, title=first_message.strip()[:80] or "conversation")
         session.add(conversation)
         session.commit()
         return conversation
+    return get_conversation(session, user, conversation_id)
+
+
+def get_conversation(session: Session, user: User, conversation_id: str) -> Conversation:
+    """The user's conversation; LookupError if it does not exist or belongs to someone else."""
     conversation = session.get(Conversation, conversation_id)
     if conversation is None or conversation.user_id != user.id:
         raise LookupError(f"no conversation {conversation_id!r}")
     return conversation
 
 
+def delete_conversation(session: Session, conversation: Conversation) -> None:
+    session.delete(conversation)
+    session.commit()
+
+
 def list_conversations(session: Session, user: User) -> list[Conversation]:
-    query = select(Conversation).where(Conversation.user_id == user.id).order_by(Conversation.updated_at.desc())
+    query = (
+        select(Conversation).where(Conversation.user_id == user.id).order_by(Conversation.updated_at.desc())
+    )
     return list(session.scalars(query))
 
 

@@ -40,8 +40,11 @@ def _site_rows(context: Context):
 
 
 def _received_model(message: Message, num_features: int, context: Context) -> ProximalClassifier:
-    spec = ModelSpec(hidden=int(context.run_config["hidden"]), layers=int(context.run_config["layers"]),
-                     learning_rate=float(context.run_config["learning-rate"]))
+    spec = ModelSpec(
+        hidden=int(context.run_config["hidden"]),
+        layers=int(context.run_config["layers"]),
+        learning_rate=float(context.run_config["learning-rate"]),
+    )
     model = build_model(num_features, spec, seed=int(context.run_config["seed"]), kind=ProximalClassifier)
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     return model
@@ -55,12 +58,16 @@ def _act_out_fault(context: Context) -> None:
         time.sleep(24 * 3600)
 
 
-@app.query("feature-moments")
+@app.query("feature_moments")
 def moments(message: Message, context: Context) -> Message:
     """Row count and per-feature sums / sums of squares, for pooled standardisation."""
     features, _ = _site_rows(context)
-    content = RecordDict({"moments": MetricRecord(feature_moments(features)),
-                          "site": ConfigRecord({"site-id": _site_id(context)})})
+    content = RecordDict(
+        {
+            "moments": MetricRecord(feature_moments(features)),
+            "site": ConfigRecord({"site-id": _site_id(context)}),
+        }
+    )
     return Message(content, reply_to=message)
 
 
@@ -73,11 +80,18 @@ def train(message: Message, context: Context) -> Message:
     config = message.content["config"]
     model.anchor(float(config.get("proximal-mu", 0.0)))
     server_round = int(config["server-round"])
-    loss = train_local(model, features, labels, epochs=int(context.run_config["local-epochs"]),
-                       batch_size=int(context.run_config["batch-size"]),
-                       seed=int(context.run_config["seed"]) * 1000 + server_round * 100 + _site_id(context))
+    loss = train_local(
+        model,
+        features,
+        labels,
+        epochs=int(context.run_config["local-epochs"]),
+        batch_size=int(context.run_config["batch-size"]),
+        seed=int(context.run_config["seed"]) * 1000 + server_round * 100 + _site_id(context),
+    )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(labels)})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=message)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=message
+    )
 
 
 @app.evaluate()

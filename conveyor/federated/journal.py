@@ -31,8 +31,14 @@ class Journal:
         lines = self.path.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.endswith("}")]
 
-    def wait_for(self, wanted: Callable[[dict[str, Any]], bool], timeout_s: float, what: str,
-                 check_alive: Callable[[], None], poll_s: float = 0.5) -> dict[str, Any]:
+    def wait_for(
+        self,
+        wanted: Callable[[dict[str, Any]], bool],
+        timeout_s: float,
+        what: str,
+        check_alive: Callable[[], None],
+        poll_s: float = 0.5,
+    ) -> dict[str, Any]:
         """The first event that is `wanted`; raises FederationError on a `failed` event or after `timeout_s`.
 
         `check_alive` is called while waiting and raises when a process it watches has died.

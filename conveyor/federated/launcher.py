@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 import tomli_w
 
-from conveyor.federated.journal import FederationError
+from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
 
 APP_DIR = Path(__file__).resolve().parent
 CONNECTION = "conveyor-local"
@@ -76,14 +76,20 @@ class LocalFederation:
         startup_timeout_s: how long the SuperLink may take to listen.
     """
 
-    def __init__(self, run_dir: Path, sites: list[dict[str, Any]], base_port: int | None = None,
-                 startup_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        sites: list[dict[str, Any]],
+        base_port: int | None = None,
+        startup_timeout_s: float = 60.0,
+    ) -> None:
         self.run_dir = run_dir
         self.sites = sites
         self.base_port = base_port
         self.startup_timeout_s = startup_timeout_s
         self.log_dir = run_dir / "logs"
         self.flwr_home = run_dir / "flwr-home"
+        self.journal = Journal(run_dir / JOURNAL_FILE)
         self.processes: dict[str, subprocess.Popen] = {}
         self.stopped_pids: list[int] = []
 
@@ -95,8 +101,9 @@ class LocalFederation:
             raise
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @property
@@ -113,20 +120,49 @@ class LocalFederation:
         serverappio, fleet, control, *clientappio = ports
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(
-            {"superlink": {"default": CONNECTION, CONNECTION: {"address": f"{HOST}:{control}", "insecure": True}}}))
+        (self.flwr_home / "config.toml").write_text(
+            tomli_w.dumps(
+                {
+                    "superlink": {
+                        "default": CONNECTION,
+                        CONNECTION: {"address": f"{HOST}:{control}", "insecure": True},
+                    }
+                }
+            )
+        )
 
-        self._spawn("superlink", [
-            "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-            "--serverappio-api-address", f"{HOST}:{serverappio}", "--fleet-api-address", f"{HOST}:{fleet}",
-            "--control-api-address", f"{HOST}:{control}"])
+        self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--serverappio-api-address",
+                f"{HOST}:{serverappio}",
+                "--fleet-api-address",
+                f"{HOST}:{fleet}",
+                "--control-api-address",
+                f"{HOST}:{control}",
+            ],
+        )
         self._await_listening("superlink", [serverappio, fleet, control])
         for site, port in zip(self.sites, clientappio, strict=True):
             node_config = " ".join(f"{key}={json.dumps(value)}" for key, value in site.items())
-            self._spawn(f"supernode-{site['site-id']}", [
-                "flower-supernode", "--insecure", "--disable-runtime-dependency-installation",
-                "--superlink", f"{HOST}:{fleet}", "--clientappio-api-address", f"{HOST}:{port}",
-                "--node-config", node_config])
+            self._spawn(
+                f"supernode-{site['site-id']}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"{HOST}:{fleet}",
+                    "--clientappio-api-address",
+                    f"{HOST}:{port}",
+                    "--node-config",
+                    node_config,
+                ],
+            )
+        for site, port in zip(self.sites, clientappio, strict=True):
+            self._await_listening(f"supernode-{site['site-id']}", [port])
 
     def _spawn(self, name: str, command: list[str]) -> None:
         executable = shutil.which(command[0])
@@ -134,34 +170,52 @@ class LocalFederation:
             raise FederationError(f"{command[0]} is not on PATH: install flwr into this environment")
         with (self.log_dir / f"{name}.log").open("wb") as log:
             self.processes[name] = subprocess.Popen(
-                [executable, *command[1:]], stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                cwd=self.run_dir, start_new_session=True)
+                [executable, *command[1:]],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.run_dir,
+                start_new_session=True,
+            )
 
     def _await_listening(self, name: str, ports: list[int]) -> None:
         process = self.processes[name]
         deadline = time.monotonic() + self.startup_timeout_s
         while not all(_listening(port) for port in ports):
             if process.poll() is not None:
-                raise FederationError(f"{name} exited with code {process.returncode} while starting:\n"
-                                      f"{_log_tail(self.log_dir / f'{name}.log')}")
+                raise FederationError(
+                    f"{name} exited with code {process.returncode} while starting:\n"
+                    f"{_log_tail(self.log_dir / f'{name}.log')}"
+                )
             if time.monotonic() > deadline:
-                raise FederationError(f"{name} did not listen on ports {ports} within {self.startup_timeout_s:.0f} s:\n"
-                                      f"{_log_tail(self.log_dir / f'{name}.log')}")
+                raise FederationError(
+                    f"{name} did not listen on ports {ports} within {self.startup_timeout_s:.0f} s:\n"
+                    f"{_log_tail(self.log_dir / f'{name}.log')}"
+                )
             time.sleep(0.2)
 
     def submit(self, run_config: dict[str, Any], timeout_s: float = 120.0) -> int:
         """Start a run of the app with `run_config` overrides on the SuperLink; returns Flower's run id."""
         config_path = self.run_dir / "run_config.toml"
         config_path.write_text(tomli_w.dumps(run_config))
-        command = [shutil.which("flwr") or "flwr", "run", str(APP_DIR), CONNECTION,
-                   "--run-config", str(config_path), "--format", "json"]
+        command = [
+            shutil.which("flwr") or "flwr",
+            "run",
+            str(APP_DIR),
+            CONNECTION,
+            "--run-config",
+            str(config_path),
+            "--format",
+            "json",
+        ]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, env=self.env, timeout=timeout_s,
-                                  cwd=self.run_dir)
+            done = subprocess.run(
+                command, capture_output=True, text=True, env=self.env, timeout=timeout_s, cwd=self.run_dir
+            )
         except subprocess.TimeoutExpired:
             raise FederationError(f"`flwr run` did not return within {timeout_s:.0f} s") from None
         try:
-            reply = json.loads(done.stdout[done.stdout.index("{"):])
+            reply = json.loads(done.stdout[done.stdout.index("{") :])
         except (json.JSONDecodeError, ValueError):
             reply = {}
         if done.returncode != 0 or not reply.get("success"):
@@ -173,8 +227,10 @@ class LocalFederation:
         """Raise FederationError if the SuperLink has died (a lost SuperNode only costs its site)."""
         superlink = self.processes.get("superlink")
         if superlink is not None and superlink.poll() is not None:
-            raise FederationError(f"the SuperLink exited with code {superlink.returncode}:\n"
-                                  f"{_log_tail(self.log_dir / 'superlink.log')}")
+            raise FederationError(
+                f"the SuperLink exited with code {superlink.returncode}:\n"
+                f"{_log_tail(self.log_dir / 'superlink.log')}"
+            )
 
     def stop(self) -> None:
         """Stop every process started here and all their descendants, by pid (TERM, then KILL)."""

@@ -36,7 +36,9 @@ class SiteTracking:
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         record = self.rounds[server_round]
-        record["trained"] = sorted(self.sites.get(r.metadata.src_node_id, -1) for r in replies if not r.has_error())
+        record["trained"] = sorted(
+            self.sites.get(r.metadata.src_node_id, -1) for r in replies if not r.has_error()
+        )
         record["missing"] = sorted(set(record["asked"]) - set(record["trained"]))
         if len(record["trained"]) < self.min_train_nodes:
             missing = ", ".join(f"site-{site}" for site in record["missing"])
@@ -51,8 +53,10 @@ class SiteTracking:
     def aggregate_evaluate(self, server_round, replies):
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics:
-            self.rounds[server_round] |= {"site_loss": float(metrics["site-loss"]),
-                                          "site_accuracy": float(metrics["site-accuracy"])}
+            self.rounds[server_round] |= {
+                "site_loss": float(metrics["site-loss"]),
+                "site_accuracy": float(metrics["site-accuracy"]),
+            }
         return metrics
 
 
@@ -70,21 +74,41 @@ def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> d
     while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
         time.sleep(0.5)
     if len(nodes) < minimum:
-        raise FederationError(f"{len(nodes)} of {expected} sites connected within {timeout_s:.0f} s, minimum is {minimum}")
-    query = [Message(RecordDict({"config": ConfigRecord()}), dst_node_id=node,
-                     message_type=f"{MessageType.QUERY}.feature-moments") for node in nodes]
+        raise FederationError(
+            f"{len(nodes)} of {expected} sites connected within {timeout_s:.0f} s, minimum is {minimum}"
+        )
+    query = [
+        Message(
+            RecordDict({"config": ConfigRecord()}),
+            dst_node_id=node,
+            message_type=f"{MessageType.QUERY}.feature_moments",
+        )
+        for node in nodes
+    ]
     replies = [r for r in grid.send_and_receive(query, timeout=timeout_s) if not r.has_error()]
     if len(replies) < minimum:
-        raise FederationError(f"{len(replies)} of {len(nodes)} sites sent feature moments, minimum is {minimum}")
-    return {r.metadata.src_node_id: {"site": int(r.content["site"]["site-id"]), "moments": dict(r.content["moments"])}
-            for r in replies}
+        raise FederationError(
+            f"{len(replies)} of {len(nodes)} sites sent feature moments, minimum is {minimum}"
+        )
+    return {
+        r.metadata.src_node_id: {
+            "site": int(r.content["site"]["site-id"]),
+            "moments": dict(r.content["moments"]),
+        }
+        for r in replies
+    }
 
 
 def _strategy(config: dict[str, Any], sites: dict[int, int]) -> SiteTracking:
     minimum = int(config["min-sites"])
-    options = {"sites": sites, "fraction_train": float(config["fraction-train"]),
-               "fraction_evaluate": float(config["fraction-evaluate"]), "min_train_nodes": minimum,
-               "min_evaluate_nodes": min(minimum, len(sites)), "min_available_nodes": minimum}
+    options = {
+        "sites": sites,
+        "fraction_train": float(config["fraction-train"]),
+        "fraction_evaluate": float(config["fraction-evaluate"]),
+        "min_train_nodes": minimum,
+        "min_evaluate_nodes": min(minimum, len(sites)),
+        "min_available_nodes": minimum,
+    }
     if config["strategy"] == "fedprox":
         return TrackedFedProx(proximal_mu=float(config["proximal-mu"]), **options)
     return TrackedFedAvg(**options)
@@ -98,8 +122,11 @@ def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
     found = gather_sites(grid, int(config["num-sites"]), int(config["min-sites"]), timeout_s)
     journal.write("sites", sites=sorted(site["site"] for site in found.values()))
 
-    spec = ModelSpec(hidden=int(config["hidden"]), layers=int(config["layers"]),
-                     learning_rate=float(config["learning-rate"]))
+    spec = ModelSpec(
+        hidden=int(config["hidden"]),
+        layers=int(config["layers"]),
+        learning_rate=float(config["learning-rate"]),
+    )
     model = build_model(test_features.shape[1], spec, seed=int(config["seed"]))
     mean, std = pooled_standardization([site["moments"] for site in found.values()])
     model.feature_mean.copy_(mean)
@@ -111,13 +138,24 @@ def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
         loss, accuracy = evaluate(model, test_features, test_labels)
         record = strategy.rounds.get(server_round, {})
         seconds = round(time.time() - record["started"], 3) if record else 0.0
-        journal.write("round" if server_round else "initial", round=server_round, test_loss=loss,
-                      test_accuracy=accuracy, seconds=seconds, **{k: v for k, v in record.items() if k != "started"})
+        journal.write(
+            "round" if server_round else "initial",
+            round=server_round,
+            test_loss=loss,
+            test_accuracy=accuracy,
+            seconds=seconds,
+            **{k: v for k, v in record.items() if k != "started"},
+        )
         return MetricRecord({"test-loss": loss, "test-accuracy": accuracy})
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(model.state_dict()),
-                            num_rounds=int(config["num-rounds"]), timeout=timeout_s,
-                            train_config=ConfigRecord(), evaluate_fn=evaluate_global)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=int(config["num-rounds"]),
+        timeout=timeout_s,
+        train_config=ConfigRecord(),
+        evaluate_fn=evaluate_global,
+    )
     model_path = Path(str(config["run-dir"])) / GLOBAL_MODEL_FILE
     torch.save(result.arrays.to_torch_state_dict(), model_path)
     return model_path

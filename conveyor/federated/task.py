@@ -66,7 +66,7 @@ def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: 
         if min(len(site) for site in sites) >= MIN_SITE_ROWS:
             return [np.sort(np.array(site)) for site in sites]
     raise ValueError(
-        f"cannot give {num_sites} sites {MIN_SITE_ROWS} rows each from {len(labels)} rows with alpha={alpha}: "
+        f"cannot give {num_sites} sites {MIN_SITE_ROWS} rows each out of {len(labels)} (alpha={alpha}): "
         "use fewer sites or a larger alpha"
     )
 
@@ -77,7 +77,9 @@ def breast_cancer_frame() -> pd.DataFrame:
     return bunch.frame.astype({TARGET: np.int64})
 
 
-def write_site_data(out_dir: Path, num_sites: int, alpha: float, seed: int, test_fraction: float = 0.25) -> SiteData:
+def write_site_data(
+    out_dir: Path, num_sites: int, alpha: float, seed: int, test_fraction: float = 0.25
+) -> SiteData:
     """Split the dataset by the documented rule and write `site-<i>.csv` files and `test.csv`."""
     frame = breast_cancer_frame()
     train, test = train_test_split(frame, test_size=test_fraction, stratify=frame[TARGET], random_state=seed)
@@ -105,8 +107,9 @@ def load_rows(path: str | Path) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(features), torch.from_numpy(frame[TARGET].to_numpy(np.int64))
 
 
-def build_model(num_features: int, spec: ModelSpec, seed: int, kind: type[TabularClassifier] = TabularClassifier
-                ) -> TabularClassifier:
+def build_model(
+    num_features: int, spec: ModelSpec, seed: int, kind: type[TabularClassifier] = TabularClassifier
+) -> TabularClassifier:
     """The shared `TabularClassifier` (or a subclass), initialised from `seed`."""
     torch.manual_seed(seed)
     return kind(
@@ -115,7 +118,7 @@ def build_model(num_features: int, spec: ModelSpec, seed: int, kind: type[Tabula
 
 
 class ProximalClassifier(TabularClassifier):
-    """The shared model with FedProx's local objective: loss + mu/2 * ||w - w_received||^2 (mu=0 is FedAvg)."""
+    """The shared model with FedProx's local objective: loss + mu/2 ||w - w_received||^2 (mu=0: FedAvg)."""
 
     def anchor(self, proximal_mu: float) -> None:
         """Fix the received global weights as the proximal term's centre."""
@@ -133,7 +136,11 @@ class ProximalClassifier(TabularClassifier):
 def feature_moments(features: Tensor) -> dict[str, list[float]]:
     """Row count, per-feature sums and sums of squares: all a site reveals for standardisation."""
     values = features.double()
-    return {"count": [float(len(values))], "sum": values.sum(0).tolist(), "sum-sq": (values**2).sum(0).tolist()}
+    return {
+        "count": [float(len(values))],
+        "sum": values.sum(0).tolist(),
+        "sum-sq": (values**2).sum(0).tolist(),
+    }
 
 
 def pooled_standardization(moments: list[dict[str, list[float]]]) -> tuple[Tensor, Tensor]:
@@ -143,21 +150,35 @@ def pooled_standardization(moments: list[dict[str, list[float]]]) -> tuple[Tenso
     total_sq = np.sum([m["sum-sq"] for m in moments], axis=0)
     mean = total / count
     variance = np.maximum(total_sq - count * mean**2, 0.0) / max(count - 1, 1)
-    return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.sqrt(variance), dtype=torch.float32).clamp_min(1e-6)
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(
+        np.sqrt(variance), dtype=torch.float32
+    ).clamp_min(1e-6)
 
 
-def train_local(model: TabularClassifier, features: Tensor, labels: Tensor, *, epochs: int, batch_size: int,
-                seed: int) -> float:
-    """Fit `model` for `epochs` with the module's own Lightning training step; returns the last epoch's loss."""
+def train_local(
+    model: TabularClassifier, features: Tensor, labels: Tensor, *, epochs: int, batch_size: int, seed: int
+) -> float:
+    """Fit `model` for `epochs` with the module's own Lightning training step; return the last loss."""
     import lightning as L
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
-    loader = DataLoader(TensorDataset(features, labels), batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(
+        TensorDataset(features, labels),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, loader)
     return float(trainer.callback_metrics["train_loss"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -77,8 +78,6 @@ class _RunLogger(MLFlowLogger):
 
 def fit(config: FitConfig) -> FitOutcome | None:
     """Train `TabularClassifier` on the config's CSV; rank 0 returns (and writes) the outcome."""
-    import time
-
     from conveyor.runtime import limit_torch_threads
 
     limit_torch_threads(config.torch_threads)
@@ -129,8 +128,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one Lightning fit from a FitConfig JSON file.")
     parser.add_argument("config", type=Path)
     args = parser.parse_args(argv)
-    import conveyor  # noqa: F401  (offline/telemetry switches)
-
     fit(FitConfig.model_validate(json.loads(args.config.read_text())))
 
 

@@ -20,7 +20,7 @@ class GenerationTimeout(TimeoutError):
 
 
 async def call_blocking(fn: Callable[..., T], *args: Any, timeout: float) -> T:
-    """`fn(*args)` in a worker thread; after `timeout` s raise GenerationTimeout (the thread ends on its own)."""
+    """`fn(*args)` in a worker thread; GenerationTimeout after `timeout` s (the thread ends on its own)."""
     try:
         with anyio.fail_after(timeout):
             return await anyio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)

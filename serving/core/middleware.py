@@ -24,7 +24,9 @@ def _too_large(limit: int) -> HTTPException:
 class RequestMiddleware:
     """Wraps every HTTP request; bodies over the limit get 413 (uploads have their own, larger limit)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int, upload_paths: tuple[str, ...]):
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_upload_bytes: int, upload_paths: tuple[str, ...]
+    ):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_upload_bytes = max_upload_bytes

@@ -1,0 +1,133 @@
+"""The chat API: FastAPI app wiring settings, database, middleware, error mapping and one router per resource.
+
+Run: `uvicorn serving.app:app --host 127.0.0.1 --port 8000` (or `make up`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
+from agents.llm import LLMUnavailable
+from conveyor.settings import ConfigurationError, Settings, get_settings
+from serving import crud
+from serving.api.routes import (
+    auth,
+    chat,
+    conversations,
+    datasets,
+    flows,
+    health,
+    models,
+    openai,
+    rag,
+    runs,
+    users,
+)
+from serving.champions import ChampionCache
+from serving.core.concurrency import GenerationTimeout
+from serving.core.middleware import RequestMiddleware
+from serving.core.ratelimit import RateLimiter
+from serving.db import make_engine, make_sessionmaker
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("conveyor.api")
+_CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]+@")
+
+
+def _configure_logging() -> None:
+    """Access and API logs as lines on stderr, unless the host process configured logging."""
+    for name in ("conveyor.access", "conveyor.api"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            logger.addHandler(handler)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.sql_url)
+    app.state.sessionmaker = make_sessionmaker(engine)
+    with app.state.sessionmaker() as session:
+        admin = crud.ensure_first_admin(session, settings.admin_username, settings.initial_admin_password)
+    if admin is not None:
+        log.info("created the first admin user %r from settings", admin.username)
+    yield
+    engine.dispose()
+
+
+def _error(status: int, detail: str, request: Request) -> JSONResponse:
+    body = {"detail": _CREDENTIALS_IN_URL.sub("://***@", detail), "request_id": request.state.request_id}
+    return JSONResponse(body, status_code=status)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Without the offending input: it may be a password.
+        errors = [{k: v for k, v in error.items() if k not in {"input", "url"}} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(LLMUnavailable)
+    async def llm_unavailable(request: Request, exc: LLMUnavailable) -> JSONResponse:
+        return _error(503, f"the language model is unavailable: {exc}", request)
+
+    @app.exception_handler(GenerationTimeout)
+    async def llm_timeout(request: Request, exc: GenerationTimeout) -> JSONResponse:
+        return _error(504, f"the language model timed out: {exc}", request)
+
+    @app.exception_handler(ConfigurationError)
+    async def misconfigured(request: Request, exc: ConfigurationError) -> JSONResponse:
+        return _error(503, f"the service is misconfigured: {exc}", request)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("request %s failed", request.state.request_id, exc_info=exc)
+        return _error(500, "internal error; the logs have the details under this request id", request)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app on `settings` (the process settings by default)."""
+    settings = settings or get_settings()
+    _configure_logging()
+    app = FastAPI(
+        title="Conveyor chat API",
+        version="0.1.0",
+        description="Agents, retrieval, datasets, models and flow runs of the Conveyor platform.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_minute)
+    app.state.champions = ChampionCache()
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=settings.api_max_body_bytes,
+        max_upload_bytes=settings.api_max_upload_bytes,
+        upload_paths=("/datasets",),
+    )
+    _add_error_handlers(app)
+    for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def chat_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+app = create_app()
