@@ -247,13 +247,14 @@ class OpenAICompatibleLLM:
 
 
 @cache
-def _backend(kind: str) -> LLM:
+def _backend(kind: str, base_url: str | None) -> LLM:
     return EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM()
 
 
 def get_llm() -> LLM:
-    """The configured backend, created once per process (the embedded model loads on first use)."""
-    return _backend(get_settings().llm_backend)
+    """The configured backend, created once per process and configuration (the embedded model loads once)."""
+    settings = get_settings()
+    return _backend(settings.llm_backend, settings.llm_base_url)
 
 
 def reset_llm() -> None:

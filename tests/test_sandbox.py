@@ -31,8 +31,10 @@ class TestResults:
         assert out.ok and [f.name for f in out.figures] == ["figure_1.png"]
 
     def test_staged_dataset_is_readable_in_scratch(self, settings):
-        out = run_code("import pandas as pd\nresult = len(pd.read_csv('sales_2024.csv'))",
-                       files=dataset_files("sales_2024"))
+        out = run_code(
+            "import pandas as pd\nresult = len(pd.read_csv('sales_2024.csv'))",
+            files=dataset_files("sales_2024"),
+        )
         from conveyor.datasets import load
 
         assert out.ok and out.result == len(load("sales_2024"))

@@ -31,6 +31,11 @@ def _site_id(context: Context) -> int:
     return int(context.node_config["site-id"])
 
 
+def _site(context: Context) -> ConfigRecord:
+    """Which site answers: lets the coordinator name sites in its records and errors."""
+    return ConfigRecord({"site-id": _site_id(context)})
+
+
 def _site_rows(context: Context):
     path = context.node_config.get("data-path")
     if not path:
@@ -62,12 +67,7 @@ def _act_out_fault(context: Context) -> None:
 def moments(message: Message, context: Context) -> Message:
     """Row count and per-feature sums / sums of squares, for pooled standardisation."""
     features, _ = _site_rows(context)
-    content = RecordDict(
-        {
-            "moments": MetricRecord(feature_moments(features)),
-            "site": ConfigRecord({"site-id": _site_id(context)}),
-        }
-    )
+    content = RecordDict({"moments": MetricRecord(feature_moments(features)), "site": _site(context)})
     return Message(content, reply_to=message)
 
 
@@ -89,9 +89,10 @@ def train(message: Message, context: Context) -> Message:
         seed=int(context.run_config["seed"]) * 1000 + server_round * 100 + _site_id(context),
     )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(labels)})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=message
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "metrics": metrics, "site": _site(context)}
     )
+    return Message(content, reply_to=message)
 
 
 @app.evaluate()

@@ -22,31 +22,33 @@ app = ServerApp()
 class SiteTracking:
     """Strategy mixin: records which sites each round asked and heard from, and enforces the minimum."""
 
-    def __init__(self, *, sites: dict[int, int], **strategy_options: Any) -> None:
+    def __init__(self, *, sites: dict[int, str], **strategy_options: Any) -> None:
         super().__init__(**strategy_options)
-        self.sites = sites  # node id -> site id
+        self.sites = sites  # node id -> "site-<i>", learnt from the sites' replies
         self.rounds: dict[int, dict[str, Any]] = {}
+
+    def site(self, node_id: int) -> str:
+        return self.sites.get(node_id, f"node-{node_id}")
 
     def configure_train(self, server_round, arrays, config, grid):
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        asked = sorted(self.sites.get(m.metadata.dst_node_id, -1) for m in messages)
+        asked = sorted(self.site(m.metadata.dst_node_id) for m in messages)
         self.rounds[server_round] = {"started": time.time(), "asked": asked}
         return messages
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
+        valid = [r for r in replies if not r.has_error()]
+        self.sites |= {r.metadata.src_node_id: site_label(r) for r in valid}
         record = self.rounds[server_round]
-        record["trained"] = sorted(
-            self.sites.get(r.metadata.src_node_id, -1) for r in replies if not r.has_error()
-        )
+        record["trained"] = sorted(self.site(r.metadata.src_node_id) for r in valid)
         record["missing"] = sorted(set(record["asked"]) - set(record["trained"]))
-        if len(record["trained"]) < self.min_train_nodes:
-            missing = ", ".join(f"site-{site}" for site in record["missing"])
+        if len(valid) < self.min_train_nodes:
             raise FederationError(
-                f"round {server_round}: {len(record['trained'])} of {len(record['asked'])} sites replied, "
-                f"minimum is {self.min_train_nodes}; no valid reply from {missing}"
+                f"round {server_round}: {len(valid)} of {len(record['asked'])} sites replied, minimum is "
+                f"{self.min_train_nodes}; no valid reply from {', '.join(record['missing'])}"
             )
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, valid)
         record["train_loss"] = float(metrics["train-loss"]) if metrics else None
         return arrays, metrics
 
@@ -58,6 +60,10 @@ class SiteTracking:
                 "site_accuracy": float(metrics["site-accuracy"]),
             }
         return metrics
+
+
+def site_label(reply: Message) -> str:
+    return f"site-{int(reply.content['site']['site-id'])}"
 
 
 class TrackedFedAvg(SiteTracking, FedAvg):
@@ -91,15 +97,12 @@ def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> d
             f"{len(replies)} of {len(nodes)} sites sent feature moments, minimum is {minimum}"
         )
     return {
-        r.metadata.src_node_id: {
-            "site": int(r.content["site"]["site-id"]),
-            "moments": dict(r.content["moments"]),
-        }
+        r.metadata.src_node_id: {"site": site_label(r), "moments": dict(r.content["moments"])}
         for r in replies
     }
 
 
-def _strategy(config: dict[str, Any], sites: dict[int, int]) -> SiteTracking:
+def _strategy(config: dict[str, Any], sites: dict[int, str]) -> SiteTracking:
     minimum = int(config["min-sites"])
     options = {
         "sites": sites,

@@ -104,7 +104,7 @@ def load_rows(path: str | Path) -> tuple[Tensor, Tensor]:
     if TARGET not in frame.columns:
         raise ValueError(f"{path} has no {TARGET!r} column")
     features = frame.drop(columns=[TARGET]).to_numpy(dtype=np.float32)
-    return torch.from_numpy(features), torch.from_numpy(frame[TARGET].to_numpy(np.int64))
+    return torch.tensor(features), torch.tensor(frame[TARGET].to_numpy(np.int64))
 
 
 def build_model(
@@ -164,6 +164,8 @@ def train_local(
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     loader = DataLoader(
         TensorDataset(features, labels),
         batch_size=batch_size,

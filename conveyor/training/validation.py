@@ -71,8 +71,8 @@ def _type_problems(frame: pd.DataFrame, columns: list[str], numeric_only: bool) 
                 problems.append(f"column {column!r} has infinite values")
         elif numeric_only:
             problems.append(f"column {column!r} has type {series.dtype}, expected numbers")
-        elif not (pd.api.types.is_object_dtype(series) or isinstance(series.dtype, pd.CategoricalDtype)
-                  or pd.api.types.is_bool_dtype(series)):
+        elif not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
+                  or isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(series)):
             problems.append(f"column {column!r} has unsupported type {series.dtype}")
     return problems
 

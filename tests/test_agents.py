@@ -1,0 +1,169 @@
+"""Agents on the real model, knowledge store and sandbox: research, data, code, summary, memory, chat."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agents import chat, data, memory, research, summary
+from agents.code import AGENT as CODE
+from agents.llm import get_llm
+from conveyor.datasets import load
+from conveyor.settings import reset_settings
+
+FACTS = [
+    {
+        "id": "lighthouse",
+        "title": "Kelpie Point lighthouse",
+        "text": "The Kelpie Point lighthouse was built in 1871. Its light has a range of 23 nautical miles and the "
+        "tower is painted in red and white bands.",
+    },
+    {
+        "id": "ferry",
+        "title": "Harbour ferry timetable",
+        "text": "The harbour ferry leaves pier 3 every 40 minutes between 6 am and 11 pm, all year round.",
+    },
+    {
+        "id": "market",
+        "title": "Fish market",
+        "text": "The fish market on Quay Street opens at 5 am on weekdays and sells the morning catch at auction.",
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def facts_domain():
+    from flows.index_documents import index_documents
+
+    index_documents(domain="agents-facts", documents=FACTS)
+    return "agents-facts"
+
+
+@pytest.fixture()
+def llm_down(monkeypatch):
+    """The configured LLM is an OpenAI-compatible endpoint on a closed port."""
+    monkeypatch.setenv("CONVEYOR_LLM_BACKEND", "openai")
+    monkeypatch.setenv("CONVEYOR_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    reset_settings()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+
+
+def numbers_in(value) -> list[float]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in numbers_in(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in numbers_in(v)]
+    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
+
+
+class TestResearch:
+    def test_answer_cites_the_retrieved_sources(self, facts_domain):
+        out = research.AGENT("When was the Kelpie Point lighthouse built?", domains=[facts_domain])
+        assert out.ok and out.sources
+        numbers = [int(n) for n in re.findall(r"\[(\d+)\]", out.answer)]
+        assert numbers and out.data["citations"] == sorted(set(numbers))
+        cited = {s["doc_id"] for s in out.sources if s["n"] in numbers}
+        assert "lighthouse" in cited and all(1 <= n <= len(out.sources) for n in numbers)
+
+    def test_says_it_does_not_know_when_nothing_is_relevant(self, facts_domain):
+        out = research.AGENT(
+            "Which tensor parallel strategy suits a 70B transformer?", domains=[facts_domain]
+        )
+        assert out.answer == research.NO_ANSWER and out.sources == []
+
+    def test_llm_down_still_returns_sources(self, facts_domain, llm_down):
+        out = research.AGENT("What is the ferry timetable?", domains=[facts_domain])
+        assert not out.ok and "127.0.0.1:9" in out.error
+        assert "ferry" in {s["doc_id"] for s in out.sources}
+
+    def test_unknown_domain_is_reported(self, settings):
+        out = research.AGENT("anything", domains=["no-such-domain"])
+        assert not out.ok and "no-such-domain" in out.error
+
+
+class TestData:
+    def test_group_totals_come_from_executed_code(self, settings):
+        out = data.AGENT("What is the total revenue per region in sales_2024.csv?")
+        assert out.ok, out.error
+        expected = load("sales_2024").groupby("region")["revenue"].sum()
+        computed = numbers_in(out.data["result"])
+        for total in expected:
+            assert any(abs(n - total) <= 0.01 * abs(total) for n in computed), (total, out.data["code"])
+        assert out.answer == data.render_answer("sales_2024", out.data["result"], out.data["fallback"])
+
+    def test_chart_is_returned_as_png(self, settings):
+        out = data.AGENT("Plot the number of units sold per category in sales_2024.csv as a bar chart")
+        assert out.ok and out.figures
+        assert all(Path(p).read_bytes().startswith(b"\x89PNG") for p in out.figures)
+
+    @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/shadow"])
+    def test_dataset_names_are_validated(self, settings, name):
+        out = data.AGENT("Average of everything", dataset=name)
+        assert not out.ok and "invalid dataset id" in out.error
+
+    def test_unknown_dataset_is_a_clear_error(self, settings):
+        out = data.AGENT("Average price in nonexistent_sales.csv")
+        assert not out.ok and "no known dataset" in out.error
+
+
+class TestCode:
+    def test_code_is_parsed_run_and_reported(self, settings):
+        out = CODE("Write a function is_palindrome(s) and print is_palindrome('level')")
+        code = out.data["code"]
+        compile(code, "<generated>", "exec")
+        assert out.data["parses"] and out.data["executed"] and 1 <= out.data["attempts"] <= 3
+        if out.data["run_ok"]:
+            assert "True" in out.data["stdout"]
+        else:
+            assert out.data["attempts"] == 3 and len(out.data["errors"]) == 3
+
+
+class TestSummary:
+    def test_summary_respects_the_word_bound(self, settings):
+        text = " ".join(
+            f"Sentence {i} says revenue grew by {i} percent in region {i % 4}." for i in range(40)
+        )
+        out = summary.AGENT(text, max_words=25)
+        assert out.ok and 0 < len(out.answer.split()) <= 25
+
+    def test_bound_words_cuts_at_a_sentence(self):
+        assert summary.bound_words("One two three. Four five six seven.", 5) == "One two three."
+
+
+class TestMemory:
+    def test_record_recall_feedback_and_report(self, settings):
+        run_id = memory.record("agent", "code", "parse a JSON config file", True, 1.5, output="import json")
+        memory.record("agent", "code", "parse a YAML config file", False, 3.0, error="ImportError: yaml")
+        recalled = memory.similar("read a JSON configuration", "code")
+        assert recalled and recalled[0]["id"] == run_id  # only successful runs are examples
+        memory.add_feedback(run_id, -1)
+        assert all(r["id"] != run_id for r in memory.similar("read a JSON configuration", "code"))
+        row = next(r for r in memory.performance_report() if r["agent"] == "code")
+        assert (
+            row["runs"] >= 2 and 0 < row["success_rate"] < 1 and row["p95_latency_s"] >= row["p50_latency_s"]
+        )
+        assert any("ImportError" in e["error"] for e in row["common_errors"])
+
+    @pytest.mark.parametrize(("run_id", "score"), [("x' OR '1'='1", 1), ("0" * 32, 5)])
+    def test_bad_feedback_is_refused(self, settings, run_id, score):
+        with pytest.raises(ValueError):
+            memory.add_feedback(run_id, score)
+
+
+class TestChat:
+    def test_reply_routes_and_records(self, facts_domain):
+        get_llm()
+        reply = chat.reply(
+            "Summarize this: the ferry leaves every 40 minutes and the market opens at 5 am.", []
+        )
+        assert reply.agent in {"summary", "research"} and reply.answer and reply.run_id
+
+    def test_stream_sends_tokens_then_one_final_event(self, facts_domain):
+        events = list(chat.stream_reply("Summarize in one line: the lighthouse was built in 1871.", []))
+        assert [e.type for e in events][-1] == "final" and events[0].type == "token"
+        assert sum(e.type == "final" for e in events) == 1
+        final = events[-1].data
+        assert set(final) >= {"agent", "sources", "answer"}
+        assert "".join(e.data for e in events if e.type == "token").strip()

@@ -1,0 +1,171 @@
+"""index-documents with the real embedding model, LanceDB and Prefect: formats, bad input, increments, safety."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pypdf import PdfWriter
+
+from conveyor import gateway, knowledge
+from conveyor.loaders import iter_source
+from flows.index_documents import index_documents
+from tasks.indexing import embed_batch, plan_changes, stage_source
+
+POOLS = "# Work pools\n\nA work pool routes flow runs to workers.\n\n## Kubernetes\n\nEach flow run becomes a Job.\n"
+
+
+def _rows(domain: str) -> list[dict]:
+    table = knowledge.open_domain(domain)
+    return table.to_lance().to_table(columns=["chunk_id", "doc_id", "content_hash"]).to_pylist()
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    folder = tmp_path / "docs"
+    (folder / "guides").mkdir(parents=True)
+    (folder / "pools.md").write_text(POOLS)
+    (folder / "lance.txt").write_text("LanceDB keeps a full-text index next to the vectors.")
+    (folder / "guides" / "mlflow.html").write_text(
+        "<html><head><title>MLflow registry</title><script>var hidden = 1;</script></head>"
+        "<body><h1>Aliases</h1><p>An alias such as champion points at one model version.</p></body></html>"
+    )
+    (folder / "empty.txt").write_text("  \n")
+    (folder / "binary.txt").write_bytes(b"\x00\x01\x02 not text")
+    (folder / "latin1.md").write_bytes("caf\xe9".encode("latin-1"))
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a pdf")
+    (folder / "picture.png").write_bytes(b"\x89PNG")
+    return folder
+
+
+class TestLoading:
+    def test_formats_sections_and_reasons(self, source: Path):
+        items = list(iter_source(str(source), max_bytes=10_000))
+        docs = {item.id: item for item in items if hasattr(item, "text")}
+        reasons = {Path(item.source).name: item.reason for item in items if hasattr(item, "reason")}
+        assert set(docs) == {"pools.md", "lance.txt", "guides/mlflow.html"}
+        assert docs["pools.md"].title == "Work pools"
+        assert docs["guides/mlflow.html"].title == "MLflow registry"
+        assert "hidden" not in docs["guides/mlflow.html"].text
+        assert reasons == {
+            "empty.txt": "empty document",
+            "binary.txt": "binary content",
+            "latin1.md": "not UTF-8 text (byte 3)",
+            "broken.pdf": reasons["broken.pdf"],
+            "picture.png": "unsupported file type .png",
+        }
+        assert reasons["broken.pdf"].startswith("unreadable PDF")
+
+    def test_pdf_without_text_is_reported(self, tmp_path: Path):
+        writer = PdfWriter()
+        writer.add_blank_page(width=200, height=200)
+        writer.add_metadata({"/Title": "Blank"})
+        path = tmp_path / "blank.pdf"
+        with path.open("wb") as out:
+            writer.write(out)
+        [item] = list(iter_source(str(path), max_bytes=10_000))
+        assert item.reason == "empty document"  # a page without text is reported, not indexed
+
+    def test_huge_files_and_bad_jsonl_lines_are_skipped(self, tmp_path: Path):
+        (tmp_path / "big.txt").write_text("word " * 1000)
+        corpus = tmp_path / "corpus.jsonl"
+        corpus.write_text('{"_id": "a", "title": "T", "text": "fine"}\n{not json}\n{"_id": "b"}\n[1]\n')
+        [big] = list(iter_source(str(tmp_path / "big.txt"), max_bytes=100))
+        assert big.reason == "larger than 100 bytes (5000)"
+        items = list(iter_source(str(corpus), max_bytes=10_000))
+        assert [i.id for i in items if hasattr(i, "id")] == ["a"]
+        assert [i.reason.split(":")[0] for i in items if hasattr(i, "reason")] == [
+            "invalid JSON", "missing text", "expected a JSON object"
+        ]
+
+
+class TestIndexDocuments:
+    def test_index_search_reindex_update_delete(self, source: Path):
+        first = index_documents(domain="docs-flow", source=str(source))
+        assert (first.added, first.updated, first.unchanged, first.deleted) == (3, 0, 0, 0)
+        assert len(first.skipped) == 5
+        assert first.rows == first.indexed_rows and first.unindexed_rows == 0
+        top = gateway.search("which model version does the champion alias point to", ["docs-flow"], k=1)[0]
+        assert top.doc_id == "guides/mlflow.html" and top.metadata["section"] == "Aliases"
+
+        again = index_documents(domain="docs-flow", source=str(source))
+        assert (again.unchanged, again.chunks_embedded, again.table_version) == (3, 0, first.table_version)
+
+        (source / "lance.txt").write_text("Tantivy tokenizes text for keyword search with stemming.")
+        (source / "pools.md").unlink()
+        changed = index_documents(domain="docs-flow", source=str(source))
+        assert (changed.added, changed.updated, changed.unchanged, changed.deleted) == (0, 1, 1, 0)
+        lance_rows = [r for r in _rows("docs-flow") if r["doc_id"] == "lance.txt"]
+        assert len(lance_rows) == 1 and len({r["content_hash"] for r in lance_rows}) == 1
+        # new rows are full-text searchable at once: a word only the new text has
+        assert gateway.search("tokenizes", ["docs-flow"], k=1)[0].doc_id == "lance.txt"
+        assert "pools.md" in {r["doc_id"] for r in _rows("docs-flow")}
+
+        pruned = index_documents(domain="docs-flow", source=str(source), delete_missing=True)
+        assert pruned.deleted == 1 and pruned.unchanged == 2
+        assert "pools.md" not in {r["doc_id"] for r in _rows("docs-flow")}
+        assert pruned.rows == len(_rows("docs-flow")) == pruned.indexed_rows
+
+    def test_posted_documents_with_bad_entries(self):
+        report = index_documents(
+            domain="posted",
+            documents=[
+                {"id": "faq-1", "text": "Reset a password from the account page.", "metadata": {"lang": "en"}},
+                {"id": "faq-1", "text": "a duplicate id"},
+                {"text": "no id"},
+                {"id": "faq-2", "text": 42},
+            ],
+        )
+        assert report.added == 1
+        assert sorted(s.reason for s in report.skipped) == [
+            "duplicate document id (first one kept)", "missing id", "missing text"
+        ]
+        [hit] = gateway.search("forgot my password", ["posted"], k=1)
+        assert hit.metadata["lang"] == "en"
+
+    def test_invalid_domain_and_source_fail_clearly(self, tmp_path: Path):
+        with pytest.raises(ValueError, match="invalid domain"):
+            index_documents(domain="../etc", documents=[])
+        with pytest.raises(FileNotFoundError, match="neither a folder"):
+            index_documents(domain="missing", source=str(tmp_path / "nope"))
+        with pytest.raises(ValueError, match="exactly one"):
+            index_documents(domain="both", source=str(tmp_path), documents=[])
+
+
+class TestSafety:
+    def test_crash_before_commit_keeps_previous_version_and_rerun_completes(self, source: Path):
+        index_documents(domain="crashy", source=str(source))
+        before = knowledge.open_domain("crashy").version
+        (source / "lance.txt").write_text("Vector search compares embeddings by cosine distance.")
+        # a run that dies after embedding, before its single commit
+        staged = stage_source.fn("crashy", str(source), None)
+        plan = plan_changes.fn("crashy", staged, False)
+        embedded = [embed_batch.fn(batch) for batch in plan.batches]
+        assert knowledge.open_domain("crashy").version == before
+        assert gateway.search("full-text index", ["crashy"], k=1)[0].doc_id == "lance.txt"
+
+        rerun = index_documents(domain="crashy", source=str(source))
+        assert rerun.updated == 1 and rerun.rows == len(_rows("crashy"))
+        ids = [r["chunk_id"] for r in _rows("crashy")]
+        assert len(ids) == len(set(ids))
+        assert all(not Path(path).exists() for path in embedded)  # staging cleared after the commit
+
+    def test_concurrent_runs_on_a_domain_are_serialised(self, source: Path, settings, monkeypatch):
+        reports = []
+
+        def run() -> None:
+            reports.append(index_documents(domain="shared", source=str(source)))
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(r.added for r in reports) == [0, 3]
+        ids = [r["chunk_id"] for r in _rows("shared")]
+        assert len(ids) == len(set(ids))
+
+        monkeypatch.setattr(settings, "index_lock_timeout_s", 0.0)
+        with knowledge.domain_lock("shared", timeout_s=0), pytest.raises(knowledge.DomainBusyError):
+            index_documents(domain="shared", source=str(source))

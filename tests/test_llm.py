@@ -1,0 +1,147 @@
+"""LLM backends: the verified embedded model, streaming, structured output, serialization, OpenAI endpoints."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Literal
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from agents import llm
+from conveyor.settings import ConfigurationError, reset_settings
+
+SHORT = [{"role": "user", "content": "Reply with the single word: yes"}]
+
+
+class Verdict(BaseModel):
+    answer: Literal["yes", "no"]
+    confidence: int
+
+
+JUDGE = [{"role": "user", "content": "Is 7 a prime number? Reply as JSON with answer and confidence 0-100."}]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return llm.get_llm()
+
+
+class TestModelFile:
+    def test_assembled_model_has_the_pinned_digest(self, settings):
+        path = llm.model_file()
+        assert path.parent == settings.state_dir / "models"
+        assert llm.sha256_of(path) == llm.MODEL_SHA256
+
+    def test_other_digests_are_refused(self, tmp_path):
+        fake = tmp_path / "model.gguf"
+        fake.write_bytes(b"GGUF" + b"\0" * 64)
+        with pytest.raises(ConfigurationError, match="refusing model file"):
+            llm.verify_model(fake)
+
+
+class TestEmbedded:
+    def test_complete_and_stream(self, model):
+        assert model.complete(SHORT, max_tokens=4).strip()
+        chunks = list(model.stream(SHORT, max_tokens=6))
+        assert len(chunks) >= 1 and "".join(chunks).strip()
+
+    def test_structured_output_is_validated(self, model):
+        verdict = model.structured(JUDGE, Verdict, max_tokens=40)
+        assert isinstance(verdict, Verdict) and verdict.answer in {"yes", "no"}
+
+    def test_malformed_json_is_a_clear_error(self):
+        with pytest.raises(llm.StructuredOutputError, match="Verdict"):
+            llm.parse_json('{"answer": "maybe"}', Verdict)
+
+    def test_requests_are_serialized_and_counted(self, model):
+        holder = model.stream(SHORT, max_tokens=30)
+        next(holder)  # this generation now holds the model
+        results = []
+        waiter = threading.Thread(target=lambda: results.append(model.complete(SHORT, max_tokens=4)))
+        waiter.start()
+        while llm.queue_depth() == 0 and waiter.is_alive():
+            time.sleep(0.01)
+        assert llm.queue_depth() == 1 and not results
+        holder.close()  # releases the model: the waiting request runs
+        waiter.join()
+        assert llm.queue_depth() == 0 and results and results[0].strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def openai_backend(monkeypatch):
+    """Switch settings to the OpenAI-compatible backend at `base_url`; restore the embedded one after."""
+
+    def use(base_url: str):
+        monkeypatch.setenv("CONVEYOR_LLM_BACKEND", "openai")
+        monkeypatch.setenv("CONVEYOR_LLM_BASE_URL", base_url)
+        monkeypatch.setenv("CONVEYOR_LLM_TIMEOUT_S", "60")
+        reset_settings()
+        return llm.OpenAICompatibleLLM()
+
+    yield use
+    monkeypatch.undo()
+    reset_settings()
+
+
+class TestOpenAICompatible:
+    def test_endpoint_down_is_llm_unavailable(self, openai_backend):
+        backend = openai_backend(f"http://127.0.0.1:{_free_port()}/v1")
+        with pytest.raises(llm.LLMUnavailable, match="failed"):
+            backend.complete(SHORT, max_tokens=4)
+        with pytest.raises(llm.LLMUnavailable):
+            list(backend.stream(SHORT, max_tokens=4))
+
+    def test_missing_base_url_is_a_configuration_error(self, openai_backend):
+        with pytest.raises(ConfigurationError, match="CONVEYOR_LLM_BASE_URL"):
+            openai_backend("")
+
+    def test_llama_cpp_server(self, openai_backend, settings):
+        """The real llama.cpp OpenAI server: chat, stream, and structured output (it rejects json_schema)."""
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(llm.model_file()),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_threads",
+                "1",
+                "--n_ctx",
+                "2048",
+                "--model_alias",
+                settings.llm_model,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(600):
+                try:
+                    if httpx.get(f"{base}/v1/models", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            backend = openai_backend(f"{base}/v1")
+            assert backend.complete(SHORT, max_tokens=4).strip()
+            assert "".join(backend.stream(SHORT, max_tokens=6)).strip()
+            verdict = backend.structured(JUDGE, Verdict, max_tokens=40)
+            assert isinstance(verdict, Verdict)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
