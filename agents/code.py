@@ -9,6 +9,7 @@ from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.codegen import write_code
 from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find_dataset
 from agents.llm import LLMUnavailable
+from agents.sandbox import SandboxResult
 
 NAME = "code"
 CODE_DOMAIN = "python"
@@ -42,6 +43,13 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
     return f"\n\nReference documentation:\n{text}", sources
 
 
+def shows_output(code: str, run: SandboxResult | None) -> str | None:
+    """A script that ran must show something: printed output, a result or a chart."""
+    if run is not None and not (run.stdout.strip() or run.result is not None or run.figures):
+        return "the script ran but printed nothing: call the code on an example and print the result"
+    return None
+
+
 def write(request: CodeRequest) -> AgentResult:
     """Write code for the task; with `execute`, run it in the sandbox and repair it from its error."""
     references, sources = reference_examples(request.instruction)
@@ -62,7 +70,13 @@ def write(request: CodeRequest) -> AgentResult:
         {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"},
     ]
     try:
-        attempt = write_code(messages, files=files, execute=request.execute, max_repairs=request.max_repairs)
+        attempt = write_code(
+            messages,
+            files=files,
+            execute=request.execute,
+            max_repairs=request.max_repairs,
+            check=shows_output,
+        )
     except LLMUnavailable as exc:
         return AgentResult(
             agent=NAME,
@@ -72,17 +86,10 @@ def write(request: CodeRequest) -> AgentResult:
             sources=sources,
         )
     run = attempt.run
-    status = (
-        (
-            "it parses"
-            if run is None
-            else "it ran successfully in the sandbox"
-            if run.ok
-            else f"it still fails: {run.failure()}"
-        )
-        if attempt.parses
-        else f"it does not parse: {attempt.errors[-1]}"
-    )
+    if attempt.ok:
+        status = "it ran in the sandbox and showed output" if run else "it parses"
+    else:
+        status = f"still failing: {attempt.errors[-1]}"
     repairs = f" after {attempt.attempts - 1} repair(s)" if attempt.attempts > 1 else ""
     return AgentResult(
         agent=NAME,

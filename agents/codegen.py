@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -20,10 +21,7 @@ class CodeAttempt(BaseModel):
     run: SandboxResult | None = None
     attempts: int = 1
     errors: list[str] = []
-
-    @property
-    def ok(self) -> bool:
-        return self.parses and (self.run is None or self.run.ok)
+    ok: bool = False
 
 
 def extract_code(text: str) -> str:
@@ -47,8 +45,9 @@ def write_code(
     max_repairs: int = 2,
     max_tokens: int = 400,
     limits: Limits | None = None,
+    check: Callable[[str, SandboxResult | None], str | None] | None = None,
 ) -> CodeAttempt:
-    """Generate code; while it fails to parse or run, show the model its error and ask for a fix."""
+    """Generate code; while it fails to parse, run or pass `check`, show the model the problem and ask for a fix."""
     llm = get_llm()
     history = list(messages)
     errors: list[str] = []
@@ -61,11 +60,18 @@ def write_code(
         if problem is None and execute:
             run = run_code(code, files=files, limits=limits)
             problem = None if run.ok else run.failure()
+        if problem is None and check:
+            problem = check(code, run)
         if problem:
             errors.append(problem)
         if problem is None or attempt > max_repairs:
             return CodeAttempt(
-                code=code, parses=syntax_error(code) is None, run=run, attempts=attempt, errors=errors
+                code=code,
+                parses=syntax_error(code) is None,
+                run=run,
+                attempts=attempt,
+                errors=errors,
+                ok=problem is None,
             )
         history += [
             {"role": "assistant", "content": f"```python\n{code}\n```"},

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pandas as pd
+
 from agents import memory
 from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.codegen import write_code
@@ -50,10 +52,29 @@ def dataset_files(dataset_id: str) -> dict[str, Path]:
 def describe_for_prompt(dataset_id: str) -> str:
     frame = datasets.load(dataset_id)
     columns = ", ".join(f"{name} ({dtype})" for name, dtype in frame.dtypes.astype(str).items())
-    return (
-        f"File: {dataset_id}.csv ({len(frame)} rows)\nColumns: {columns}\n"
-        f"First rows:\n{frame.head(3).to_csv(index=False)}"
-    )
+    categories = {
+        name: sorted(map(str, frame[name].dropna().unique()))[:8]
+        for name in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[name]) and frame[name].nunique() <= 8
+    }
+    values = "".join(f"\nValues of {name}: {', '.join(v)}" for name, v in categories.items())
+    # No sample rows: the small model copies their numbers into code instead of computing.
+    return f"File: {dataset_id}.csv ({len(frame)} rows)\nColumns: {columns}{values}"
+
+
+def computes_from_data(dataset_id: str, chart: bool):
+    """A check for generated code: it must read the CSV, set `result`, and save a chart when one is asked for."""
+
+    def check(code: str, run) -> str | None:
+        if f"{dataset_id}.csv" not in code or "read_csv" not in code:
+            return f"the code must load the data with pd.read_csv('{dataset_id}.csv') and compute from it"
+        if run is not None and not run.result:
+            return "the code must put the computed numbers in a dict named `result`"
+        if chart and run is not None and not run.figures:
+            return "the code must draw the chart and call plt.savefig('chart.png')"
+        return None
+
+    return check
 
 
 def profile_code(dataset_id: str, chart: bool) -> str:
@@ -62,7 +83,7 @@ def profile_code(dataset_id: str, chart: bool) -> str:
 import matplotlib.pyplot as plt
 df = pd.read_csv("{dataset_id}.csv")
 numeric = df.select_dtypes("number")
-groups = [c for c in df.columns if df[c].dtype == object and 1 < df[c].nunique() <= 20]
+groups = [c for c in df.columns if c not in numeric and 1 < df[c].nunique() <= 20]
 target = "revenue" if "revenue" in numeric else numeric.columns[-1]
 result = {{"rows": int(len(df)), "columns": list(df.columns),
           "totals": {{c: float(numeric[c].sum()) for c in numeric}},
@@ -121,11 +142,15 @@ def analyze(request: DataRequest) -> AgentResult:
     ]
     code, run, errors = "", None, []
     try:
-        attempt = write_code(messages, files=files, max_tokens=350)
+        attempt = write_code(
+            messages, files=files, max_tokens=350, check=computes_from_data(dataset_id, chart)
+        )
         code, run, errors = attempt.code, attempt.run, attempt.errors
+        if not attempt.ok:
+            run = None
     except LLMUnavailable as exc:
         errors = [f"LLM unavailable: {exc}"]
-    fallback = run is None or not run.ok or run.result is None or (chart and not run.figures)
+    fallback = run is None
     if fallback:
         code = profile_code(dataset_id, chart)
         run = run_code(code, files=files)

@@ -47,7 +47,7 @@ def chunk_rows(document: Document, content_hash: str) -> list[dict]:
 def embed_rows(rows: list[dict]) -> pa.Table:
     """The rows as an Arrow table with the embedding of each chunk's title + section + text."""
     vectors = embed([row["search_text"] for row in rows])
-    schema = chunk_schema(get_encoder().get_sentence_embedding_dimension())
+    schema = chunk_schema(get_encoder().get_embedding_dimension())
     columns = {name: [row[name] for row in rows] for name in schema.names if name != "vector"}
     columns["vector"] = list(vectors)
     return pa.Table.from_pydict(columns, schema=schema)

@@ -40,9 +40,12 @@ def embed(texts: list[str]) -> np.ndarray:
     """Unit-normalised float32 embeddings, one row per text."""
     encoder = get_encoder()
     if not texts:
-        return np.zeros((0, encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        return np.zeros((0, encoder.get_embedding_dimension()), dtype=np.float32)
     with _ENCODE_LOCK:
         vectors = encoder.encode(
-            texts, batch_size=get_settings().embedding_batch_size, normalize_embeddings=True, convert_to_numpy=True
+            texts,
+            batch_size=get_settings().embedding_batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
         )
     return vectors.astype(np.float32)

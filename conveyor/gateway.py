@@ -6,6 +6,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from conveyor import knowledge, retrieval
@@ -52,7 +53,8 @@ def _check(query: str, domains: list[str] | None, k: int) -> list[str]:
         raise ValueError("domains must be a non-empty list, or omitted to search every domain")
     unknown = sorted(set(domains) - set(known))
     if unknown:
-        raise UnknownDomainError(f"unknown domain(s) {', '.join(unknown)}; known: {', '.join(known) or 'none'}")
+        listed = ", ".join(known) or "none"
+        raise UnknownDomainError(f"unknown domain(s) {', '.join(unknown)}; known: {listed}")
     return list(dict.fromkeys(domains))
 
 
@@ -65,24 +67,46 @@ def _passage(candidate: retrieval.Candidate) -> Passage:
         score=candidate.score,
         text=row["text"],
         title=row["title"],
-        metadata=json.loads(row["metadata"] or "{}") | {"section": row["section"], "chunk_index": row["chunk_index"]},
+        metadata=json.loads(row["metadata"] or "{}")
+        | {"section": row["section"], "chunk_index": row["chunk_index"]},
     )
+
+
+def _each_domain(function, names: list[str], *args) -> list[retrieval.Candidate]:
+    """Run a per-domain candidate function on every domain in parallel; pool the results best first."""
+    jobs = [_POOL.submit(function, name, *args) for name in names]
+    return sorted((c for job in jobs for c in job.result()), key=lambda c: -c.score)
+
+
+def _feedback_vector(vector, top: list[retrieval.Candidate]):
+    """The query embedding moved towards the stored embeddings of the top documents' passages."""
+    weight = get_settings().retrieval_feedback_weight
+    by_domain: dict[str, list[str]] = {}
+    for candidate in top:
+        by_domain.setdefault(candidate.domain, []).append(candidate.row["chunk_id"])
+    feedback = [retrieval.chunk_vectors(domain, ids) for domain, ids in by_domain.items()]
+    return retrieval.rocchio(vector, np.concatenate(feedback), weight)
 
 
 def search(query: str, domains: list[str] | None = None, k: int = 10) -> list[Passage]:
     """The `k` best documents for `query` across `domains` (default: all), each as its best passage.
 
-    Dense and full-text candidates of every domain are fetched in parallel, pooled, and fused into one
-    document ranking, so scores are comparable across domains.
+    Dense and full-text candidates of every domain are fetched in parallel and pooled, so scores are
+    comparable across domains; the fused top documents then refine the dense query (pseudo-relevance
+    feedback) for a second dense pass that is fused with the same full-text candidates.
     """
     names = _check(query, domains, k)
     if not names:
         return []
-    vector = embed([query])[0]
+    settings = get_settings()
     depth = retrieval.candidate_depth(k)
-    dense_jobs = [_POOL.submit(retrieval.dense_candidates, name, vector, depth) for name in names]
-    text_jobs = [_POOL.submit(retrieval.text_candidates, name, query, depth) for name in names]
-    dense = sorted((c for job in dense_jobs for c in job.result()), key=lambda c: -c.score)
-    text = sorted((c for job in text_jobs for c in job.result()), key=lambda c: -c.score)
-    fused = retrieval.fuse(dense, text, get_settings().retrieval_fusion)
+    vector = embed([query])[0]
+    text_job = _POOL.submit(_each_domain, retrieval.text_candidates, names, query, depth)
+    dense = _each_domain(retrieval.dense_candidates, names, vector, depth)
+    text = text_job.result()
+    fused = retrieval.fuse(dense, text, settings.retrieval_fusion)
+    if settings.retrieval_feedback_docs and fused:
+        moved = _feedback_vector(vector, fused[: settings.retrieval_feedback_docs])
+        dense = _each_domain(retrieval.dense_candidates, names, moved, depth)
+        fused = retrieval.fuse(dense, text, settings.retrieval_fusion)
     return [_passage(candidate) for candidate in fused[:k]]

@@ -103,7 +103,8 @@ def document_hashes(domain: str) -> dict[str, str]:
     return dict(zip(rows["doc_id"].to_pylist(), rows["content_hash"].to_pylist(), strict=True))
 
 
-def _in_list(column: str, values: list[str]) -> str:
+def in_list(column: str, values: list[str]) -> str:
+    """A SQL filter `column IN (...)` with the values quoted."""
     quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
     return f"{column} IN ({quoted})"
 
@@ -122,10 +123,10 @@ def apply_changes(
     if rows is not None and rows.num_rows:
         merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
         if gone:
-            merge = merge.when_not_matched_by_source_delete(_in_list("doc_id", gone))
+            merge = merge.when_not_matched_by_source_delete(in_list("doc_id", gone))
         merge.execute(rows)
     elif gone:
-        table.delete(_in_list("doc_id", gone))
+        table.delete(in_list("doc_id", gone))
     return table.version
 
 

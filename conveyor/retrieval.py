@@ -1,4 +1,5 @@
-"""Hybrid retrieval: chunk-level dense and BM25 candidates, best chunk per document (MaxP), score fusion."""
+"""Hybrid retrieval: chunk-level dense and BM25 candidates, best chunk per document (MaxP), score fusion,
+dense pseudo-relevance feedback (Rocchio on embeddings)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[
     rows = (
         table.search(query_vector, vector_column_name="vector")
         .distance_type("cosine")
-        .select([*knowledge.PAYLOAD_COLUMNS])
+        .select([*knowledge.PAYLOAD_COLUMNS, "_distance"])
         .limit(depth)
         .to_list()
     )
@@ -59,11 +60,32 @@ def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
         return []
     rows = (
         table.search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
-        .select([*knowledge.PAYLOAD_COLUMNS])
+        .select([*knowledge.PAYLOAD_COLUMNS, "_score"])
         .limit(depth)
         .to_list()
     )
     return _best_per_document(domain, rows, [row["_score"] for row in rows])
+
+
+def chunk_vectors(domain: str, chunk_ids: list[str]) -> np.ndarray:
+    """Stored embeddings of the given chunks of one domain (rows in no particular order)."""
+    table = knowledge.open_domain(domain)
+    if table is None or not chunk_ids:
+        return np.zeros((0, 0), dtype=np.float32)
+    rows = (
+        table.search()
+        .where(knowledge.in_list("chunk_id", chunk_ids))
+        .select(["vector"])
+        .limit(len(chunk_ids))
+        .to_arrow()
+    )
+    return np.asarray(rows["vector"].to_pylist(), dtype=np.float32)
+
+
+def rocchio(query_vector: np.ndarray, feedback: np.ndarray, weight: float) -> np.ndarray:
+    """Unit-normalised q + weight * mean(feedback): the query moved towards its top-ranked passages."""
+    moved = query_vector + weight * feedback.mean(axis=0)
+    return (moved / np.linalg.norm(moved)).astype(np.float32)
 
 
 def _key(candidate: Candidate) -> tuple[str, str]:

@@ -91,7 +91,7 @@ def _run_dir(settings: Settings) -> Path:
     return path
 
 
-def _start_time(pid: int) -> str | None:
+def start_time(pid: int) -> str | None:
     """The kernel's start time of a live `pid` (tells it from a reused pid); None if gone or a zombie."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -100,13 +100,13 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] in "ZX" else fields[19]
 
 
-def _running(pid_file: Path) -> int | None:
+def running_pid(pid_file: Path) -> int | None:
     """The pid recorded in `pid_file` if that very process is still alive."""
     try:
         record = json.loads(pid_file.read_text())
     except (OSError, ValueError):
         return None
-    return record["pid"] if _start_time(record["pid"]) == record["started"] else None
+    return record["pid"] if start_time(record["pid"]) == record["started"] else None
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -151,8 +151,8 @@ def _probe(url: str) -> httpx.Response:
 def _start(service: Service, settings: Settings, env: dict[str, str]) -> None:
     run_dir = _run_dir(settings)
     pid_file, log = run_dir / f"{service.name}.pid", run_dir / f"{service.name}.log"
-    if _running(pid_file):
-        print(f"{service.name:15} already running (pid {_running(pid_file)})")
+    if running_pid(pid_file):
+        print(f"{service.name:15} already running (pid {running_pid(pid_file)})")
         return
     if service.port and _port_in_use("127.0.0.1", service.port):
         raise ConfigurationError(
@@ -164,7 +164,7 @@ def _start(service: Service, settings: Settings, env: dict[str, str]) -> None:
             service.command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    pid_file.write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid)}))
+    pid_file.write_text(json.dumps({"pid": process.pid, "started": start_time(process.pid)}))
     try:
         seconds = _wait_healthy(service, process, log)
     except ConfigurationError:
@@ -192,14 +192,14 @@ def up(settings: Settings | None = None) -> None:
 
 def _stop(name: str, settings: Settings) -> bool:
     pid_file = _run_dir(settings) / f"{name}.pid"
-    pid = _running(pid_file)
+    pid = running_pid(pid_file)
     if pid:
         # Each service leads its own session: signal its group so child processes stop with it.
         os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while _start_time(pid) and time.monotonic() < deadline:
+        while start_time(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _start_time(pid):
+        if start_time(pid):
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return pid is not None

@@ -1,4 +1,4 @@
-"""Flow `evaluate-retrieval`: index a BEIR-layout collection into a scratch domain and score the default retriever.
+"""Flow `evaluate-retrieval`: index a BEIR collection into a scratch domain, score the default retriever.
 
 Run locally: `python -m flows.evaluate_retrieval --beir-dir ../shared/benchmarks/cranfield --json`
 (the last stdout line is the metrics as JSON).

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> IndexReport:
     parser = argparse.ArgumentParser(description="Index a folder, glob or JSONL/BEIR corpus into a domain.")
     parser.add_argument("--domain", required=True)
     parser.add_argument("--source", required=True, help="folder, glob, JSONL file or BEIR directory")
-    parser.add_argument("--delete-missing", action="store_true", help="drop documents no longer in the source")
+    parser.add_argument("--delete-missing", action="store_true", help="drop documents gone from the source")
     args = parser.parse_args(argv)
     report = index_documents(domain=args.domain, source=args.source, delete_missing=args.delete_missing)
     print(report.model_dump_json(indent=2))

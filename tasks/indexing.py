@@ -1,4 +1,4 @@
-"""Tasks of `index-documents`: stage the source, plan changes by content hash, embed batches, commit, index."""
+"""Tasks of `index-documents`: stage the source, plan by content hash, embed batches, commit, index."""
 
 from __future__ import annotations
 
@@ -50,7 +50,10 @@ def stage_source(domain: str, source: str | None, documents: list[dict[str, Any]
     """Load, validate and normalise every document once; duplicates and bad items become `skipped`."""
     if (source is None) == (documents is None):
         raise ValueError("give exactly one of `source` (folder, glob, JSONL) or `documents`")
-    items = iter_records(documents) if documents is not None else iter_source(source, get_settings().max_document_bytes)
+    if documents is not None:
+        items = iter_records(documents)
+    else:
+        items = iter_source(source, get_settings().max_document_bytes)
     folder = staging_dir(domain)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "documents.jsonl"

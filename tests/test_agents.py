@@ -114,8 +114,8 @@ class TestCode:
         code = out.data["code"]
         compile(code, "<generated>", "exec")
         assert out.data["parses"] and out.data["executed"] and 1 <= out.data["attempts"] <= 3
-        if out.data["run_ok"]:
-            assert "True" in out.data["stdout"]
+        if out.ok:
+            assert out.data["run_ok"] and "True" in out.data["stdout"]
         else:
             assert out.data["attempts"] == 3 and len(out.data["errors"]) == 3
 

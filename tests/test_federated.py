@@ -11,19 +11,23 @@ import psutil
 import pytest
 import torch
 import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from pydantic import ValidationError
 
 from conveyor.federated.journal import FederationError, Journal
 from conveyor.federated.launcher import LocalFederation
+from conveyor.federated.server_app import TrackedFedAvg
 from conveyor.federated.task import (
     MIN_SITE_ROWS,
     ModelSpec,
+    ProximalClassifier,
     breast_cancer_frame,
     build_model,
     dirichlet_partition,
     feature_moments,
     load_rows,
     pooled_standardization,
+    train_local,
     write_site_data,
 )
 from flows.federated_training import FederatedParams
@@ -79,6 +83,60 @@ def test_pooled_standardization_equals_standardizing_all_rows_together(tmp_path)
     central.set_standardization(torch.cat(sites))
     torch.testing.assert_close(mean, central.feature_mean, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(std, central.feature_std, rtol=1e-4, atol=1e-4)
+
+
+def test_fedprox_keeps_local_weights_near_the_received_ones(tmp_path):
+    features, labels = load_rows(write_site_data(tmp_path, 3, alpha=0.5, seed=42).site_paths[1])
+
+    def drift(mu: float) -> float:
+        model = build_model(30, ModelSpec(learning_rate=0.05), seed=0, kind=ProximalClassifier)
+        model.set_standardization(features)
+        model.anchor(mu)
+        train_local(model, features, labels, epochs=5, batch_size=8, seed=0)
+        pairs = zip(model.parameters(), model.received, strict=True)
+        return sum(float((p - g).pow(2).sum()) for p, g in pairs)
+
+    assert drift(10.0) < 0.5 * drift(0.0)
+
+
+class TestRoundMinimum:
+    """The strategy closes a round with the sites that replied, or fails naming the ones that did not."""
+
+    @staticmethod
+    def replies() -> list[Message]:
+        asked = [
+            Message(RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type="train")
+            for n in (5, 6)
+        ]
+        trained = RecordDict(
+            {
+                "arrays": ArrayRecord([np.ones(2)]),
+                "site": ConfigRecord({"site-id": 0}),
+                "metrics": MetricRecord({"train-loss": 0.5, "num-examples": 10}),
+            }
+        )
+        return [
+            Message(trained, reply_to=asked[0]),
+            Message(Error(code=0, reason="crashed"), reply_to=asked[1]),
+        ]
+
+    def strategy(self, minimum: int) -> TrackedFedAvg:
+        strategy = TrackedFedAvg(sites={6: "site-1"}, min_train_nodes=minimum, min_available_nodes=minimum)
+        strategy.rounds[1] = {"started": 0.0, "asked": ["site-0", "site-1", "site-2"]}
+        return strategy
+
+    def test_the_round_closes_with_the_sites_that_replied(self):
+        strategy = self.strategy(minimum=1)
+        arrays, metrics = strategy.aggregate_train(1, self.replies())
+        assert arrays is not None and metrics["train-loss"] == 0.5
+        assert strategy.rounds[1]["trained"] == ["site-0"]
+        assert strategy.rounds[1]["missing"] == ["site-1", "site-2"]
+
+    def test_below_the_minimum_the_round_fails_naming_the_missing_sites(self):
+        with pytest.raises(
+            FederationError, match="1 of 3 sites replied, minimum is 2; no valid reply from site-1, site-2"
+        ):
+            self.strategy(minimum=2).aggregate_train(1, self.replies())
 
 
 class TestParams:

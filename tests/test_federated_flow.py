@@ -9,7 +9,6 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from conveyor import registry, tracking
-from conveyor.federated.journal import FederationError
 from conveyor.federated.task import load_rows
 from flows.federated_training import FederatedParams, federated_training
 
@@ -81,35 +80,19 @@ class TestFederation:
 
 
 class TestFaults:
-    def test_round_closes_without_a_crashed_site(self):
+    def test_a_round_closes_without_a_crashed_and_a_hung_site(self):
         params = FederatedParams(
-            sites=3,
+            sites=4,
             rounds=1,
             min_sites=2,
             local_epochs=1,
             fraction_evaluate=0.0,
-            round_timeout_s=30,
-            faults={2: "crash"},
+            round_timeout_s=45,
+            faults={2: "crash", 3: "hang"},
             model_name="test-federated-faults",
         )
         summary = federated_training(params)
         assert summary.rounds[0]["trained"] == ["site-0", "site-1"]
-        assert summary.rounds[0]["missing"] == ["site-2"]
+        assert summary.rounds[0]["missing"] == ["site-2", "site-3"]
+        assert registry.champion_version("test-federated-faults") == summary.model_version
         assert flower_processes_of(summary.run_dir) == []
-
-    def test_a_hung_site_below_the_minimum_fails_the_flow_naming_it(self, settings):
-        params = FederatedParams(
-            sites=3,
-            rounds=1,
-            min_sites=3,
-            local_epochs=1,
-            fraction_evaluate=0.0,
-            round_timeout_s=15,
-            faults={1: "hang"},
-            model_name="test-federated-faults",
-        )
-        state = federated_training(params, return_state=True)
-        assert state.is_failed()
-        with pytest.raises(FederationError, match="site-1"):
-            state.result()
-        assert flower_processes_of(str(settings.state_dir / "federated")) == []

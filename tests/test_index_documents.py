@@ -1,4 +1,4 @@
-"""index-documents with the real embedding model, LanceDB and Prefect: formats, bad input, increments, safety."""
+"""index-documents with the real model, LanceDB and Prefect: formats, bad input, increments, safety."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from conveyor.loaders import iter_source
 from flows.index_documents import index_documents
 from tasks.indexing import embed_batch, plan_changes, stage_source
 
-POOLS = "# Work pools\n\nA work pool routes flow runs to workers.\n\n## Kubernetes\n\nEach flow run becomes a Job.\n"
+POOLS = (
+    "# Work pools\n\nA work pool routes flow runs to workers.\n\n"
+    "## Kubernetes\n\nEach flow run becomes a Job.\n"
+)
 
 
 def _rows(domain: str) -> list[dict]:
@@ -111,7 +114,7 @@ class TestIndexDocuments:
         report = index_documents(
             domain="posted",
             documents=[
-                {"id": "faq-1", "text": "Reset a password from the account page.", "metadata": {"lang": "en"}},
+                {"id": "faq-1", "text": "Reset a password on the account page.", "metadata": {"lang": "en"}},
                 {"id": "faq-1", "text": "a duplicate id"},
                 {"text": "no id"},
                 {"id": "faq-2", "text": 42},

@@ -12,7 +12,7 @@ import torch
 from mlflow.entities import Metric as MlflowMetric
 from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import INPUTS, NO_CACHE
+from prefect.cache_policies import NO_CACHE
 
 from conveyor import registry, tracking
 from conveyor.federated.launcher import LocalFederation
@@ -31,7 +31,7 @@ from conveyor.training.evaluation import model_scorer
 ROUND_METRICS = ("test_accuracy", "test_loss", "train_loss", "site_accuracy", "site_loss", "seconds")
 
 
-@task(cache_policy=INPUTS, retries=1)
+@task(cache_policy=NO_CACHE, retries=1)
 def split_sites(out_dir: str, sites: int, alpha: float, seed: int) -> SiteData:
     """Write each site's private rows and the coordinator's hold-out set (same inputs = same files)."""
     return write_site_data(Path(out_dir), sites, alpha, seed)

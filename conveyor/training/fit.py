@@ -8,10 +8,12 @@ a flow would start duplicate flow runs. Only global rank 0 talks to MLflow and w
 from __future__ import annotations
 
 import argparse
+from argparse import Namespace
 import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -69,7 +71,20 @@ class FitOutcome(BaseModel):
 
 
 class _RunLogger(MLFlowLogger):
-    """Logs into the flow's MLflow run and leaves ending it to the flow (which logs the model after)."""
+    """Logs into the flow's MLflow run and leaves ending it to the flow (which logs the model after).
+
+    Lightning's hyperparameters get a `lightning.` prefix so they never clash with the flow's params;
+    epoch-level metrics are stepped by epoch, so every run's history reads per epoch.
+    """
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, int(metrics["epoch"]) if "epoch" in metrics else step)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params)
+        super().log_hyperparams({f"lightning.{key}": value for key, value in params.items()})
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:

@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field, StringConstraints
 from sqlalchemy.orm import Session
 
+from agents import chat as agent_chat
 from agents.llm import LLMUnavailable
 from serving import crud
 from serving.api.deps import CurrentUser, SessionDep, SettingsDep
@@ -66,8 +67,6 @@ async def chat(
     body: ChatRequest, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> ChatResponse:
     """Route the message to an agent and return its answer, sources and the conversation id."""
-    from agents import chat as agent_chat
-
     conversation, history = await run_in_threadpool(_open, session, user, body)
     reply = _reply_fields(
         await call_blocking(agent_chat.reply, body.message, history, timeout=settings.llm_timeout_s)
@@ -85,8 +84,6 @@ async def chat_stream(
     body: ChatRequest, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
 ) -> EventSourceResponse:
     """Stream the answer: `meta`, then `token` events, then `final` (answer, agent, sources) or `error`."""
-    from agents import chat as agent_chat
-
     conversation, history = await run_in_threadpool(_open, session, user, body)
     events = iterate_blocking(lambda: agent_chat.stream_reply(body.message, history), settings.llm_timeout_s)
     first = await anext(events)  # an unavailable or silent model fails the request with 503/504 here

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor import knowledge
+from conveyor import gateway, knowledge
+from flows.index_documents import index_documents
 from serving import runs
 from serving.api.deps import CurrentUser, SettingsDep
 
@@ -23,19 +24,9 @@ class QueryRequest(BaseModel):
     k: int = Field(10, ge=1, le=100)
 
 
-class PassageOut(BaseModel):
-    doc_id: str
-    chunk_id: str
-    domain: str
-    score: float
-    text: str
-    title: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class QueryResponse(BaseModel):
     query: str
-    passages: list[PassageOut]
+    passages: list[gateway.Passage]
 
 
 class Document(BaseModel):
@@ -55,30 +46,24 @@ class IndexRequest(BaseModel):
 @router.get("/domains")
 def list_domains(_: CurrentUser) -> list[str]:
     """Knowledge domains that have an index."""
-    return knowledge.list_domains()
+    return gateway.list_domains()
 
 
 @router.post("/query", responses={404: {"description": "unknown domain"}})
 def query(body: QueryRequest, _: CurrentUser) -> QueryResponse:
     """Hybrid retrieval over the requested domains (or all), merged and ranked."""
-    from conveyor import gateway
-
     try:
         passages = gateway.search(body.query, domains=body.domains, k=body.k)
     except gateway.UnknownDomainError as exc:
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
     except ValueError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
-    return QueryResponse(
-        query=body.query, passages=[PassageOut.model_validate(p, from_attributes=True) for p in passages]
-    )
+    return QueryResponse(query=body.query, passages=passages)
 
 
 @router.post("/documents", status_code=status.HTTP_202_ACCEPTED)
 async def add_documents(body: IndexRequest, user: CurrentUser, settings: SettingsDep) -> runs.RunStarted:
     """Start `index-documents` for the posted documents; poll `GET /runs/{run_id}`."""
-    from flows.index_documents import index_documents
-
     parameters = {
         "domain": body.domain,
         "documents": [d.model_dump() for d in body.documents],
