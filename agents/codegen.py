@@ -47,7 +47,7 @@ def write_code(
     limits: Limits | None = None,
     check: Callable[[str, SandboxResult | None], str | None] | None = None,
 ) -> CodeAttempt:
-    """Generate code; while it fails to parse, run or pass `check`, show the model the problem and ask for a fix."""
+    """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix."""
     llm = get_llm()
     history = list(messages)
     errors: list[str] = []

@@ -21,7 +21,12 @@ SYSTEM = (
     "You write short Python scripts with pandas. The data is the CSV file named below in the current "
     "folder. Put every number of the answer in a dict named `result` (plain int/float/str values or "
     "`.to_dict()`). When a chart is asked for, draw it with matplotlib and call plt.savefig('chart.png'). "
-    "Reply with one ```python block only."
+    "Reply with one ```python block only.\n\nExample. Question: What is the average price per shop in "
+    "orders.csv? Draw a chart.\n```python\nimport pandas as pd\nimport matplotlib.pyplot as plt\n"
+    "df = pd.read_csv('orders.csv')\nby_shop = df.groupby('shop')['price'].mean().round(2)\n"
+    "result = {'average_price_by_shop': by_shop.to_dict(), 'orders': len(df)}\n"
+    "by_shop.plot(kind='bar', title='Average price by shop')\nplt.tight_layout()\n"
+    "plt.savefig('chart.png')\n```"
 )
 
 
@@ -63,7 +68,7 @@ def describe_for_prompt(dataset_id: str) -> str:
 
 
 def computes_from_data(dataset_id: str, chart: bool):
-    """A check for generated code: it must read the CSV, set `result`, and save a chart when one is asked for."""
+    """A check for generated code: it reads the CSV, sets `result`, and saves a chart when asked."""
 
     def check(code: str, run) -> str | None:
         if f"{dataset_id}.csv" not in code or "read_csv" not in code:
@@ -180,7 +185,8 @@ def analyze(request: DataRequest) -> AgentResult:
 AGENT = Agent(
     name=NAME,
     description=(
-        "Computes numbers or charts from a named CSV dataset (sales_2024.csv, breast_cancer.csv) with pandas. "
+        "Computes numbers or charts from a named CSV dataset (sales_2024.csv, breast_cancer.csv) "
+        "with pandas. "
         "Example: 'Average revenue per region in sales_2024.csv'"
     ),
     request=DataRequest,

@@ -105,7 +105,6 @@ class EmbeddedLLM:
 
         settings = get_settings()
         self.name = settings.llm_model
-        self.timeout_s = settings.llm_timeout_s
         self._lock = threading.Lock()
         self._llama = Llama(
             model_path=str(model_file()),
@@ -122,14 +121,15 @@ class EmbeddedLLM:
         with _waiting_lock:
             _waiting += 1
         try:
-            acquired = self._lock.acquire(timeout=self.timeout_s)
+            timeout = get_settings().llm_timeout_s  # read per call: settings may change while the model stays
+            acquired = self._lock.acquire(timeout=timeout)
         finally:
             with _waiting_lock:
                 _waiting -= 1
         if not acquired:
-            raise LLMUnavailable(f"the embedded model stayed busy for {self.timeout_s:.0f} s")
+            raise LLMUnavailable(f"the embedded model stayed busy for {timeout:g} s")
         try:
-            yield time.monotonic() + self.timeout_s
+            yield time.monotonic() + timeout
         finally:
             self._lock.release()
 
@@ -140,7 +140,7 @@ class EmbeddedLLM:
                 if text:
                     yield text
                 if time.monotonic() > deadline:
-                    raise LLMUnavailable(f"generation exceeded {self.timeout_s:.0f} s")
+                    raise LLMUnavailable(f"generation exceeded {get_settings().llm_timeout_s:g} s")
 
     def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
         chunks = self._chunks(messages, max_tokens=max_tokens, temperature=temperature)
@@ -215,7 +215,7 @@ class OpenAICompatibleLLM:
                     yield chunk.choices[0].delta.content
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
-        """Ask for `json_schema`; servers that reject it (llama.cpp server: HTTP 500/400) get `json_object`."""
+        """Ask for `json_schema`; servers that reject it (llama.cpp server: HTTP 500) get `json_object`."""
         strict = {
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},

@@ -1,4 +1,4 @@
-"""Agent memory: every agent run and plan in a LanceDB table, recalled as examples and summarised per agent."""
+"""Agent memory: agent runs and plans in a LanceDB table, recalled as examples, summarised per agent."""
 
 from __future__ import annotations
 

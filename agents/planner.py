@@ -1,4 +1,4 @@
-"""Meta-agent: plans a chain of agent steps for a task and checks the plan (known agents, inputs, no cycles)."""
+"""Meta-agent: plans agent steps for a task and checks the plan (known agents, inputs, no cycles)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class PlanStep(BaseModel):
 class Plan(BaseModel):
     task: str
     steps: list[PlanStep] = Field(min_length=1, max_length=MAX_STEPS)
-    method: Literal["llm", "template", "given"] = "given"
+    method: Literal["llm", "template", "software", "given"] = "given"
 
 
 class CheckedPlan(BaseModel):
@@ -118,23 +118,45 @@ def _plan_schema() -> type[BaseModel]:
     return create_model("StepList", steps=(list[step], Field(min_length=1, max_length=5)))
 
 
+EXAMPLE_TASK = "Analyze orders.csv, write code that plots orders per month, and summarize the findings"
+EXAMPLE_STEPS = [
+    {
+        "id": "analyze",
+        "agent": "data",
+        "instruction": "Analyse orders.csv: totals and averages by shop",
+        "inputs": [],
+    },
+    {
+        "id": "plot",
+        "agent": "code",
+        "instruction": "Write Python that plots orders per month from orders.csv",
+        "inputs": ["analyze"],
+    },
+    {
+        "id": "summarize",
+        "agent": "summary",
+        "instruction": "Summarise the findings",
+        "inputs": ["analyze", "plot"],
+    },
+]
+RELEVANCE_MIN = 0.2  # MiniLM cosine between a step's instruction and the task; below it the step is off-task
+
+
 def plan_prompt(task: str) -> list[dict]:
     catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
     past = memory.similar(task, "planner", k=1)
-    example_task = past[0]["task"] if past else "Analyze iris.csv and summarize what you find"
-    example_plan = (
-        json.loads(past[0]["plan"])
-        if past
-        else template_plan("Analyze sales_2024.csv and summarize the insights").model_dump(include={"steps"})
+    example_task, example_steps = (
+        (past[0]["task"], json.loads(past[0]["plan"])["steps"]) if past else (EXAMPLE_TASK, EXAMPLE_STEPS)
     )
     return [
         {
             "role": "system",
             "content": (
-                "You plan how agents solve a task. Split the task into 1 to 5 steps; each step has a short id, "
-                "one agent, a precise instruction, and `inputs`: ids of earlier steps whose results it needs. "
-                f"A Markdown report of all results is written automatically: plan no step for it.\nAgents:\n"
-                f"{catalogue}\nExample task: {example_task}\nExample plan: {json.dumps(example_plan)}"
+                "You plan how agents solve a task. Split the task into 1 to 5 steps; each step has a short "
+                "id, one agent, a precise instruction that names the files it uses, and `inputs`: ids of "
+                "earlier steps whose results it needs. A Markdown report of all results is written "
+                f"automatically: plan no step for it.\nAgents:\n{catalogue}\n"
+                f"Example task: {example_task}\nExample plan: {json.dumps({'steps': example_steps})}"
             ),
         },
         {"role": "user", "content": f"Task: {task}"},
@@ -142,7 +164,7 @@ def plan_prompt(task: str) -> list[dict]:
 
 
 def plan_task(task: str) -> Plan:
-    """An LLM plan that passes `check_plan`, else the deterministic template plan."""
+    """An LLM plan that passes `check_plan` and stays on the task, else the deterministic template plan."""
     try:
         proposal = get_llm().structured(plan_prompt(task), _plan_schema(), max_tokens=400)
         plan = Plan(task=task, steps=[PlanStep(**s.model_dump()) for s in proposal.steps], method="llm")
@@ -154,9 +176,78 @@ def plan_task(task: str) -> Plan:
 
 
 def covers_task(plan: Plan, task: str) -> bool:
-    """A plan for a task that names a dataset must analyse it with the data agent."""
+    """Every step is about the task (embedding similarity), and a named dataset is analysed by `data`."""
+    from conveyor.embeddings import embed
+
+    vectors = embed([task, *[s.instruction for s in plan.steps]])
+    if (vectors[1:] @ vectors[0]).min() < RELEVANCE_MIN:
+        return False
     try:
         dataset = find_dataset(task)
     except DatasetMissing:
         return True
     return any(s.agent == "data" and dataset in s.instruction for s in plan.steps)
+
+
+class Module(BaseModel):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,29}$")
+    purpose: str = Field(min_length=3, max_length=300)
+
+
+class Design(BaseModel):
+    modules: list[Module] = Field(min_length=1, max_length=4)
+
+
+def design_modules(task: str) -> Design:
+    """The model splits a software task into modules; one `core` module when its design is unusable."""
+    messages = [
+        {
+            "role": "system",
+            "content": "Split the software task into 2 to 4 small Python modules. Give each a "
+            "snake_case name and a one-sentence purpose.",
+        },
+        {"role": "user", "content": task},
+    ]
+    try:
+        design = get_llm().structured(messages, Design, max_tokens=200)
+        if len({m.name for m in design.modules}) == len(design.modules):
+            return design
+    except (LLMUnavailable, StructuredOutputError):
+        pass
+    return Design(modules=[Module(name="core", purpose=task[:300])])
+
+
+def software_plan(task: str) -> Plan:
+    """Requirements -> one code step per designed module (in parallel) -> tests in the sandbox -> review."""
+    modules = design_modules(task).modules
+    code_steps = [
+        PlanStep(
+            id=f"code_{m.name}",
+            agent="code",
+            inputs=["requirements"],
+            instruction=f"Write the Python module `{m.name}`: {m.purpose}. End with a short demo that prints "
+            f"what it computes.",
+        )
+        for m in modules
+    ]
+    code_ids = [s.id for s in code_steps]
+    steps = [
+        PlanStep(
+            id="requirements", agent="summary", instruction=f"List the requirements of this software: {task}"
+        ),
+        *code_steps,
+        PlanStep(
+            id="tests",
+            agent="code",
+            inputs=code_ids,
+            instruction="Write one script that contains the modules' code from the earlier results and "
+            "assert-based tests of their functions; print 'all tests passed' at the end.",
+        ),
+        PlanStep(
+            id="review",
+            agent="summary",
+            inputs=[*code_ids, "tests"],
+            instruction="Review the modules and the test results: what works, what fails, what to fix next.",
+        ),
+    ]
+    return Plan(task=task, steps=steps, method="software")

@@ -78,7 +78,7 @@ def citations(answer: str, sources: list[dict]) -> list[int]:
 
 
 def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = None) -> AgentResult:
-    """Retrieve, then answer with citations; without relevant passages, say so; without an LLM, return sources."""
+    """Retrieve, then answer with citations; with nothing relevant say so; without an LLM return sources."""
     try:
         sources = relevant_sources(request.instruction, request.domains, request.k)
     except Exception as exc:  # the gateway's store may be missing or broken: report, don't crash the chat

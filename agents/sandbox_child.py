@@ -1,4 +1,4 @@
-"""Sandbox child: confine this process (no network, limits, own user, scratch-only files), then run the code."""
+"""Sandbox child: confine this process (no network, limits, scratch-only files), then run the code."""
 
 from __future__ import annotations
 

@@ -78,6 +78,12 @@ def open_domain(domain: str) -> lancedb.table.Table | None:
     return connect().open_table(name)
 
 
+def drop_domain(domain: str) -> None:
+    """Delete a domain's table (no-op when it does not exist)."""
+    if open_domain(domain) is not None:
+        connect().drop_table(table_name(domain))
+
+
 @contextmanager
 def domain_lock(domain: str, timeout_s: float) -> Iterator[None]:
     """Serialise writers of one domain across processes; DomainBusyError after `timeout_s`."""

@@ -124,16 +124,25 @@ def register_and_promote(
         mlflow_client.set_registered_model_alias(name, CHAMPION, version)
 
     decision = PromotionDecision(
-        name=name, version=version, run_id=run_id, metric=metric, greater_is_better=greater_is_better,
-        challenger_value=challenger_value, champion_version=str(champion.version) if champion else None,
-        champion_value=champion_value, promoted=promoted, reason=reason,
+        name=name,
+        version=version,
+        run_id=run_id,
+        metric=metric,
+        greater_is_better=greater_is_better,
+        challenger_value=challenger_value,
+        champion_version=str(champion.version) if champion else None,
+        champion_value=champion_value,
+        promoted=promoted,
+        reason=reason,
         decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     _record(decision)
     return decision
 
 
-def _judge(challenger: float, champion: float | None, greater_is_better: bool, metric: str) -> tuple[bool, str]:
+def _judge(
+    challenger: float, champion: float | None, greater_is_better: bool, metric: str
+) -> tuple[bool, str]:
     if not math.isfinite(challenger):
         return False, f"challenger {metric} is {challenger}: never promoted"
     if champion is None:
@@ -173,7 +182,9 @@ def _publish_artifact(decision: PromotionDecision) -> None:
 
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         return
-    verdict = "promoted to @champion" if decision.promoted else f"kept v{decision.champion_version} as @champion"
+    verdict = (
+        "promoted to @champion" if decision.promoted else f"kept v{decision.champion_version} as @champion"
+    )
     create_table_artifact(
         key="promotion-" + re.sub(r"[^a-z0-9-]+", "-", decision.name.lower()).strip("-"),
         table=[decision.model_dump()],

@@ -76,6 +76,7 @@ class FederatedParams(BaseModel):
             "learning-rate": self.model.learning_rate,
             "hidden": self.model.hidden,
             "layers": self.model.layers,
+            "dropout": self.model.dropout,
             "seed": self.seed,
             "round-timeout": self.round_timeout_s,
             "run-dir": run_dir,
@@ -100,10 +101,6 @@ def federated_training(params: FederatedParams | None = None) -> FederatedSummar
     params = params or FederatedParams()
     run_dir = get_settings().state_dir / "federated" / _run_name()
     data = split_sites(str(run_dir / "data"), params.sites, params.dirichlet_alpha, params.seed)
-    sites = [
-        {"site-id": i, "data-path": path} | ({"fault": params.faults[i]} if i in params.faults else {})
-        for i, path in enumerate(data.site_paths)
-    ]
     round_wait_s = 4 * params.round_timeout_s + 60  # connect + moments + train + evaluate, with slack
 
     with tracking.start_run(
@@ -111,7 +108,9 @@ def federated_training(params: FederatedParams | None = None) -> FederatedSummar
     ) as run:
         run_id = run.info.run_id
         _log_params(params, data.site_rows)
-        with LocalFederation(run_dir, sites, params.base_port, params.startup_timeout_s) as federation:
+        with LocalFederation(
+            run_dir, _node_configs(data.site_paths, params.faults), params.base_port, params.startup_timeout_s
+        ) as federation:
             federation.submit(params.run_config(str(run_dir), data.test_path))
             rounds = [
                 federated_round(federation, n, run_id, round_wait_s) for n in range(1, params.rounds + 1)
@@ -147,6 +146,14 @@ def federated_training(params: FederatedParams | None = None) -> FederatedSummar
         baselines["site_best_accuracy"],
     )
     return summary
+
+
+def _node_configs(site_paths: list[str], faults: dict[int, str]) -> list[dict[str, Any]]:
+    """One SuperNode's `--node-config` per site: its id, its file and any fault drill."""
+    return [
+        {"site-id": i, "data-path": path} | ({"fault": faults[i]} if i in faults else {})
+        for i, path in enumerate(site_paths)
+    ]
 
 
 def _run_name() -> str:

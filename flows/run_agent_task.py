@@ -1,4 +1,4 @@
-"""Flow `run-agent-task`: a meta-agent plans agent steps, Prefect runs them (independent ones concurrently)."""
+"""Flow `run-agent-task`: a meta-agent plans agent steps; Prefect runs them, independent ones concurrently."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -62,7 +63,9 @@ def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
                     error=f"input step(s) {', '.join(failed_inputs)} did not complete",
                 )
             else:
-                futures[sid] = run_agent_step.submit(steps[sid], step_context(steps[sid], outcomes))
+                futures[sid] = run_agent_step.submit(
+                    steps[sid], step_context(plan.task, steps[sid], outcomes)
+                )
         for sid, future in futures.items():
             result = future.result(raise_on_failure=False)
             if isinstance(result, BaseException):
@@ -93,10 +96,12 @@ def publish_performance() -> None:
 
 
 @flow(name="run-agent-task", log_prints=True)
-def run_agent_task(task: str = EXAMPLE_TASK, plan: Plan | None = None) -> AgentRunSummary:
-    """Plan `task` (or run the given `plan`), run its steps as tasks, and report, track and remember the run."""
+def run_agent_task(
+    task: str = EXAMPLE_TASK, plan: Plan | None = None, chain: Literal["planned", "software"] = "planned"
+) -> AgentRunSummary:
+    """Plan `task` (or take `plan`), run its steps as tasks, then report, track and remember the run."""
     started = time.perf_counter()
-    plan = plan or make_plan(task)
+    plan = plan or make_plan(task, chain)
     outcomes = run_plan(plan, check_plan(plan))
     run_dir = get_settings().state_dir / "agent-runs" / str(flow_run.id or uuid.uuid4())
     report = write_report(plan, outcomes, run_dir)
@@ -120,7 +125,9 @@ def run_agent_task(task: str = EXAMPLE_TASK, plan: Plan | None = None) -> AgentR
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Plan and run agent steps for a task.")
     parser.add_argument("task", nargs="?", default=EXAMPLE_TASK)
-    summary = run_agent_task(parser.parse_args(argv).task)
+    parser.add_argument("--software", action="store_true", help="the software-development chain")
+    args = parser.parse_args(argv)
+    summary = run_agent_task(args.task, chain="software" if args.software else "planned")
     print(summary.model_dump_json(indent=2))
     print(f"report: {Path(summary.report)}")
 

@@ -1,4 +1,4 @@
-"""Flow `train-model`: Lightning training of the tabular MLP, tracked in MLflow, registered, promoted when better.
+"""Flow `train-model`: Lightning training of the tabular MLP, tracked, registered, promoted when better.
 
 Run locally: `python -m flows.train_model --epochs 5 --devices 2` (DDP over 2 CPU processes).
 """
@@ -78,11 +78,24 @@ def fit_config(params: TrainModelParams, data: DatasetRef, run_id: str) -> FitCo
     """The fit's full description, written where every rank (and a resumed run) can read it."""
     folder = checkpoint_dir(run_id)
     return FitConfig(
-        csv_path=data.path, target=data.target, features=data.features, num_classes=data.classes or 2,
-        model=params.model, accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
-        strategy=params.strategy, precision=params.precision, epochs=params.epochs, batch_size=params.batch_size,
-        patience=params.patience, seed=params.seed, torch_threads=get_settings().torch_threads,
-        tracking_uri=get_settings().tracking_uri, run_id=run_id, checkpoint_dir=str(folder),
+        csv_path=data.path,
+        target=data.target,
+        features=data.features,
+        num_classes=data.classes or 2,
+        model=params.model,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        num_nodes=params.num_nodes,
+        strategy=params.strategy,
+        precision=params.precision,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        patience=params.patience,
+        seed=params.seed,
+        torch_threads=get_settings().torch_threads,
+        tracking_uri=get_settings().tracking_uri,
+        run_id=run_id,
+        checkpoint_dir=str(folder),
         resume_checkpoint=resume_checkpoint(run_id) if params.resume_run_id else None,
         outcome_path=str(folder / "outcome.json"),
     )

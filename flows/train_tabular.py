@@ -1,4 +1,4 @@
-"""Flow `train-tabular`: a scikit-learn forest on a catalog CSV, tracked in MLflow, registered, promoted when better.
+"""Flow `train-tabular`: a scikit-learn forest on a catalog CSV, tracked, registered, promoted when better.
 
 Run locally: `python -m flows.train_tabular --dataset breast_cancer --target malignant`.
 """
@@ -68,10 +68,15 @@ def main(argv: list[str] | None = None) -> TabularResult:
     parser.add_argument("--model-name")
     parser.add_argument("--n-estimators", type=int, default=100)
     args = parser.parse_args(argv)
-    result = train_tabular(TrainTabularParams(
-        dataset=args.dataset, target=args.target, task=args.task, model_name=args.model_name,
-        forest=ForestConfig(n_estimators=args.n_estimators),
-    ))
+    result = train_tabular(
+        TrainTabularParams(
+            dataset=args.dataset,
+            target=args.target,
+            task=args.task,
+            model_name=args.model_name,
+            forest=ForestConfig(n_estimators=args.n_estimators),
+        )
+    )
     print(result.model_dump_json(indent=2))
     return result
 

@@ -6,21 +6,18 @@ Run: `uvicorn serving.app:app --host 127.0.0.1 --port 8000` (or `make up`).
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
-from agents.llm import LLMUnavailable
-from conveyor.settings import ConfigurationError, Settings, get_settings
+from conveyor.settings import Settings, get_settings
 from serving import crud
+from serving.api.errors import add_error_handlers
 from serving.api.routes import (
     auth,
     chat,
@@ -35,14 +32,12 @@ from serving.api.routes import (
     users,
 )
 from serving.champions import ChampionCache
-from serving.core.concurrency import GenerationTimeout
 from serving.core.middleware import RequestMiddleware
 from serving.core.ratelimit import RateLimiter
 from serving.db import make_engine, make_sessionmaker
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("conveyor.api")
-_CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]+@")
 
 
 def _configure_logging() -> None:
@@ -69,36 +64,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine.dispose()
 
 
-def _error(status: int, detail: str, request: Request) -> JSONResponse:
-    body = {"detail": _CREDENTIALS_IN_URL.sub("://***@", detail), "request_id": request.state.request_id}
-    return JSONResponse(body, status_code=status)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Without the offending input: it may be a password.
-        errors = [{k: v for k, v in error.items() if k not in {"input", "url"}} for error in exc.errors()]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
-
-    @app.exception_handler(LLMUnavailable)
-    async def llm_unavailable(request: Request, exc: LLMUnavailable) -> JSONResponse:
-        return _error(503, f"the language model is unavailable: {exc}", request)
-
-    @app.exception_handler(GenerationTimeout)
-    async def llm_timeout(request: Request, exc: GenerationTimeout) -> JSONResponse:
-        return _error(504, f"the language model timed out: {exc}", request)
-
-    @app.exception_handler(ConfigurationError)
-    async def misconfigured(request: Request, exc: ConfigurationError) -> JSONResponse:
-        return _error(503, f"the service is misconfigured: {exc}", request)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request %s failed", request.state.request_id, exc_info=exc)
-        return _error(500, "internal error; the logs have the details under this request id", request)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app on `settings` (the process settings by default)."""
     settings = settings or get_settings()
@@ -118,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_upload_bytes=settings.api_max_upload_bytes,
         upload_paths=("/datasets",),
     )
-    _add_error_handlers(app)
+    add_error_handlers(app)
     for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -96,3 +99,17 @@ def login(url: str, username: str, password: str) -> dict[str, str]:
     response = httpx.post(f"{url}/auth/token", data={"username": username, "password": password}, timeout=30)
     response.raise_for_status()
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event, JSON data) pairs from the lines of a text/event-stream body (`[DONE]` comes as a string)."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            text = "\n".join(data)
+            yield event, text if text == "[DONE]" else json.loads(text)
+            event, data = "message", []

@@ -1,4 +1,4 @@
-"""Prefect tasks of `run-agent-task`: plan, run one agent step, write the report, track and remember the run."""
+"""Tasks of `run-agent-task`: plan, run one agent step, write the report, track and remember the run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from agents import memory
 from agents.base import AgentResult
-from agents.planner import Plan, PlanStep, plan_task
+from agents.planner import Plan, PlanStep, plan_task, software_plan
 from agents.registry import get_agent
 
 
@@ -33,9 +33,9 @@ class StepOutcome(BaseModel):
 
 
 @task(name="plan-agent-task", retries=1, cache_policy=NO_CACHE)
-def make_plan(task_text: str) -> Plan:
-    """The meta-agent's checked plan (the template plan when the model's plan is unusable)."""
-    return plan_task(task_text)
+def make_plan(task_text: str, chain: Literal["planned", "software"] = "planned") -> Plan:
+    """The meta-agent's checked plan, or the software chain (requirements -> modules -> tests -> review)."""
+    return software_plan(task_text) if chain == "software" else plan_task(task_text)
 
 
 @task(
@@ -68,9 +68,9 @@ def run_agent_step(step: PlanStep, context: str) -> AgentResult:
     return result
 
 
-def step_context(step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
-    """The outputs of a step's inputs, as text for its prompt."""
-    parts = [
+def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
+    """The overall task and the outputs of the step's inputs, as text for its prompt."""
+    parts = [f"Overall task: {task_text[:1000]}"] + [
         f"## {i} ({outcomes[i].agent})\n{outcomes[i].result.answer}"
         for i in step.inputs
         if outcomes[i].result

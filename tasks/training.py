@@ -7,13 +7,13 @@ on its own (a retried fit or registration would duplicate runs or versions: resu
 from __future__ import annotations
 
 import hashlib
-from importlib import metadata
 import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -52,8 +52,10 @@ class DatasetRef(BaseModel):
 
     def tags(self) -> dict[str, str]:
         return {
-            "conveyor.dataset_id": self.id, "conveyor.dataset_version": str(self.version),
-            "conveyor.dataset_sha256": self.sha256, "dvc.md5": self.md5,
+            "conveyor.dataset_id": self.id,
+            "conveyor.dataset_version": str(self.version),
+            "conveyor.dataset_sha256": self.sha256,
+            "dvc.md5": self.md5,
             "dvc.tracked": str(_dvc_tracks(self.md5)).lower(),
         }
 
@@ -65,11 +67,19 @@ def check_dataset(
     """Load a catalog dataset and refuse it (naming the problem) before any training starts."""
     path = datasets.dataset_path(dataset_id)
     frame = datasets.load(dataset_id)
-    columns = check_training_frame(frame, target, features, task=task, numeric_only=neural, integer_labels=neural)
+    columns = check_training_frame(
+        frame, target, features, task=task, numeric_only=neural, integer_labels=neural
+    )
     info = datasets.describe(dataset_id)
     return DatasetRef(
-        id=info.id, version=info.version, path=str(path), sha256=info.sha256,
-        md5=hashlib.md5(path.read_bytes()).hexdigest(), rows=info.rows, target=target, features=columns,
+        id=info.id,
+        version=info.version,
+        path=str(path),
+        sha256=info.sha256,
+        md5=hashlib.md5(path.read_bytes()).hexdigest(),
+        rows=info.rows,
+        target=target,
+        features=columns,
         classes=int(frame[target].nunique()) if task == "classification" else None,
     )
 
@@ -83,13 +93,15 @@ def log_training_inputs(run_id: str, params: dict, data: DatasetRef, resumed: bo
         else:
             mlflow.log_params(_flatten(params))
         frame = datasets.load(data.id, data.version or None)
-        mlflow.log_input(mlflow.data.from_pandas(frame, source=data.path, name=data.id, targets=data.target),
-                         context="training")
+        mlflow.log_input(
+            mlflow.data.from_pandas(frame, source=data.path, name=data.id, targets=data.target),
+            context="training",
+        )
 
 
 @task(cache_policy=NO_CACHE)
 def fit_lightning(config: FitConfig) -> FitOutcome:
-    """Fit in this process (one device or ddp_spawn) or as its own torchrun process group (ddp, multi-node)."""
+    """Fit in this process (one device, ddp_spawn) or as its own torchrun process group (ddp, multi-node)."""
     Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
     if needs_launcher(config):
         outcome = _launch(config)
@@ -114,10 +126,17 @@ def _launch(config: FitConfig) -> FitOutcome:
     config_path.write_text(config.model_dump_json(indent=2))
     env = os.environ
     command = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={config.devices}",
-        f"--nnodes={config.num_nodes}", f"--node-rank={env.get('NODE_RANK', '0')}",
-        f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}", f"--master-port={env.get('MASTER_PORT') or _free_port()}",
-        "-m", "conveyor.training.fit", str(config_path),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={config.devices}",
+        f"--nnodes={config.num_nodes}",
+        f"--node-rank={env.get('NODE_RANK', '0')}",
+        f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master-port={env.get('MASTER_PORT') or _free_port()}",
+        "-m",
+        "conveyor.training.fit",
+        str(config_path),
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
@@ -141,9 +160,13 @@ def log_lightning_model(run_id: str, outcome: FitOutcome, data: DatasetRef) -> s
     with tracking.use_run(run_id):
         mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
         mlflow.log_metric("samples_per_second", outcome.samples_per_second)
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                        pip_requirements=_pinned("torch", "lightning"),
-                                        metadata={"features": data.features, "target": data.target})
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example,
+            pip_requirements=_pinned("torch", "lightning"),
+            metadata={"features": data.features, "target": data.target},
+        )
     return info.model_uri
 
 
@@ -160,8 +183,11 @@ def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: i
             predictions = pipeline.predict(part[data.features])
             mlflow.log_metric(f"{split}_{metric}", score(predictions, part[data.target], metric))
         info = mlflow.sklearn.log_model(
-            pipeline, name="model", input_example=train[data.features].head(5),
-            serialization_format="cloudpickle", pip_requirements=_pinned("scikit-learn", "pandas"),
+            pipeline,
+            name="model",
+            input_example=train[data.features].head(5),
+            serialization_format="cloudpickle",
+            pip_requirements=_pinned("scikit-learn", "pandas"),
             metadata={"features": data.features, "target": data.target},
         )
     return info.model_uri
@@ -176,7 +202,10 @@ def promote(
     stratify = data.target if data.classes else None
     _, _, held_out = split_frame(frame, stratify, 0.15, 0.15, seed)
     return registry.register_and_promote(
-        run_id=run_id, model_uri=model_uri, name=model_name, metric=f"test_{metric}",
+        run_id=run_id,
+        model_uri=model_uri,
+        name=model_name,
+        metric=f"test_{metric}",
         evaluate=model_scorer(held_out, data.target, data.features, metric),
         greater_is_better=GREATER_IS_BETTER[metric],
     )
@@ -190,8 +219,9 @@ def resume_checkpoint(run_id: str) -> str:
     tracking.client()
     target = tempfile.mkdtemp(prefix="conveyor-resume-")
     try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST_CHECKPOINT_ARTIFACT,
-                                                   dst_path=target)
+        return mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=LAST_CHECKPOINT_ARTIFACT, dst_path=target
+        )
     except mlflow.exceptions.MlflowException as exc:
         raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from ({exc})") from None
 

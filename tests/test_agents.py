@@ -15,7 +15,8 @@ FACTS = [
     {
         "id": "lighthouse",
         "title": "Kelpie Point lighthouse",
-        "text": "The Kelpie Point lighthouse was built in 1871. Its light has a range of 23 nautical miles and the "
+        "text": "The Kelpie Point lighthouse was built in 1871. Its light has a range of 23 nautical miles "
+        "and the "
         "tower is painted in red and white bands.",
     },
     {
@@ -26,7 +27,7 @@ FACTS = [
     {
         "id": "market",
         "title": "Fish market",
-        "text": "The fish market on Quay Street opens at 5 am on weekdays and sells the morning catch at auction.",
+        "text": "The fish market on Quay Street opens at 5 am on weekdays and sells the morning catch.",
     },
 ]
 

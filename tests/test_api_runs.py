@@ -1,4 +1,4 @@
-"""Chat API over Prefect: documents indexed by a background flow run, retrieval, deployed flow runs, run state."""
+"""Chat API over Prefect: documents indexed by a background flow run, retrieval, deployed flows, run state."""
 
 import time
 import uuid

@@ -94,7 +94,7 @@ def test_fedprox_keeps_local_weights_near_the_received_ones(tmp_path):
         model.anchor(mu)
         train_local(model, features, labels, epochs=5, batch_size=8, seed=0)
         pairs = zip(model.parameters(), model.received, strict=True)
-        return sum(float((p - g).pow(2).sum()) for p, g in pairs)
+        return sum(float((p.detach() - g).pow(2).sum()) for p, g in pairs)
 
     assert drift(10.0) < 0.5 * drift(0.0)
 

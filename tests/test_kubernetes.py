@@ -172,7 +172,7 @@ class TestWorkerAgainstKmock:
             configuration.job_manifest["metadata"]["name"] = name  # kmock does not implement generateName
             async with KubernetesWorker(work_pool_name="k8s-gpu", create_pool_if_not_found=False) as worker:
                 run = asyncio.create_task(worker.run(flow_run, configuration))
-                key = ("batch/v1/jobs", "conveyor", name)
+                key = (kmock.resource("batch/v1/jobs"), "conveyor", name)
                 for _ in range(300):
                     if key in emulator.objects or run.done():
                         break
@@ -180,5 +180,5 @@ class TestWorkerAgainstKmock:
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
             assert key in emulator.objects, f"the worker created no Job in kmock (run: {run})"
-            return dict(emulator.objects[key])
+            return json.loads(json.dumps(emulator.objects[key].raw))
 

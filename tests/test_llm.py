@@ -1,4 +1,4 @@
-"""LLM backends: the verified embedded model, streaming, structured output, serialization, OpenAI endpoints."""
+"""LLM backends: the verified embedded model, streaming, structured output, serialization, OpenAI API."""
 
 import socket
 import subprocess
@@ -69,6 +69,18 @@ class TestEmbedded:
         holder.close()  # releases the model: the waiting request runs
         waiter.join()
         assert llm.queue_depth() == 0 and results and results[0].strip()
+
+
+def test_generation_past_the_timeout_is_llm_unavailable(model, monkeypatch):
+    monkeypatch.setenv("CONVEYOR_LLM_TIMEOUT_S", "0.3")
+    reset_settings()
+    try:
+        with pytest.raises(llm.LLMUnavailable, match="exceeded"):
+            model.complete([{"role": "user", "content": "Count from 1 to 500."}], max_tokens=400)
+    finally:
+        monkeypatch.undo()
+        reset_settings()
+    assert model.complete(SHORT, max_tokens=4).strip()  # the model is released and usable again
 
 
 def _free_port() -> int:

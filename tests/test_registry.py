@@ -25,8 +25,13 @@ def log_sklearn(model) -> tuple[str, str]:
     """Fit `model`, log it in a fresh run and return (run id, model URI)."""
     model.fit(TRAIN[FEATURES], TRAIN["target"])
     with tracking.start_run("test-registry") as run:
-        info = mlflow.sklearn.log_model(model, name="model", input_example=TRAIN[FEATURES].head(3),
-                                        serialization_format="cloudpickle", pip_requirements=[])
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            input_example=TRAIN[FEATURES].head(3),
+            serialization_format="cloudpickle",
+            pip_requirements=[],
+        )
     return run.info.run_id, info.model_uri
 
 
@@ -37,7 +42,11 @@ def good_model():
 def promote(name: str, model, evaluate=None, greater_is_better: bool = True) -> registry.PromotionDecision:
     run_id, uri = log_sklearn(model)
     return registry.register_and_promote(
-        run_id=run_id, model_uri=uri, name=name, metric="accuracy", greater_is_better=greater_is_better,
+        run_id=run_id,
+        model_uri=uri,
+        name=name,
+        metric="accuracy",
+        greater_is_better=greater_is_better,
         evaluate=evaluate or model_scorer(HELD_OUT, "target", FEATURES, "accuracy"),
     )
 
@@ -64,7 +73,9 @@ class TestPromotion:
         version_tags = tracking.client().get_model_version("reg-worse", "2").tags
         assert version_tags["conveyor.promotion.promoted"] == "False"
         assert version_tags["conveyor.promotion.champion_version"] == "1"
-        assert float(version_tags["conveyor.promotion.champion_value"]) == pytest.approx(second.champion_value)
+        assert float(version_tags["conveyor.promotion.champion_value"]) == pytest.approx(
+            second.champion_value
+        )
         run_tags = tracking.client().get_run(second.run_id).data.tags
         assert run_tags["conveyor.promotion.challenger_value"] == str(second.challenger_value)
 
@@ -73,7 +84,10 @@ class TestPromotion:
         decision = promote("reg-better", good_model())
         assert decision.promoted and decision.champion_version == "1"
         assert registry.champion_version("reg-better") == "2"
-        assert tracking.client().get_model_version("reg-better", "1").tags["conveyor.promotion.promoted"] == "True"
+        assert (
+            tracking.client().get_model_version("reg-better", "1").tags["conveyor.promotion.promoted"]
+            == "True"
+        )
 
     def test_equal_metric_does_not_promote(self):
         promote("reg-tie", DummyClassifier())
@@ -82,13 +96,19 @@ class TestPromotion:
 
     def test_lower_is_better_metric(self):
         promote("reg-loss", good_model(), evaluate=lambda uri: 0.5, greater_is_better=False)
-        decision = promote("reg-loss", good_model(), evaluate=lambda uri: 0.2 if uri.endswith("/2") else 0.5,
-                           greater_is_better=False)
+        decision = promote(
+            "reg-loss",
+            good_model(),
+            evaluate=lambda uri: 0.2 if uri.endswith("/2") else 0.5,
+            greater_is_better=False,
+        )
         assert decision.promoted and registry.champion_version("reg-loss") == "2"
 
     def test_nan_challenger_is_never_promoted(self):
         promote("reg-nan", DummyClassifier())
-        decision = promote("reg-nan", good_model(), evaluate=lambda uri: math.nan if uri.endswith("/2") else 0.5)
+        decision = promote(
+            "reg-nan", good_model(), evaluate=lambda uri: math.nan if uri.endswith("/2") else 0.5
+        )
         assert not decision.promoted and "never promoted" in decision.reason
         assert registry.champion_version("reg-nan") == "1"
 
@@ -112,7 +132,9 @@ class TestPromotion:
         decision = promote_in_flow()
         with get_client(sync_client=True) as client:
             artifact = client.read_latest_artifacts(
-                artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=["promotion-reg-artifact"]))
+                artifact_filter=ArtifactCollectionFilter(
+                    key=ArtifactCollectionFilterKey(any_=["promotion-reg-artifact"])
+                )
             )[0]
         assert f"v{decision.version}" in artifact.description
         assert "promoted to @champion" in artifact.description and artifact.type == "table"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.planner import Plan, PlanStep, check_plan, template_plan
+from agents.planner import Plan, PlanStep, check_plan, software_plan, template_plan
 from conveyor import tracking
 from conveyor.datasets import load
 from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
@@ -58,6 +58,15 @@ class TestCheckPlan:
         assert plan.steps[-1].inputs == ["analyze", "code"] and not check_plan(plan).problems
 
 
+def test_software_chain_fans_out_per_module_and_back_in(settings):
+    plan = software_plan("A command-line to-do list: add, list and complete tasks stored in a JSON file")
+    checked = check_plan(plan)
+    code_steps = [s.id for s in plan.steps if s.id.startswith("code_")]
+    assert plan.method == "software" and not checked.problems and code_steps
+    assert checked.waves == [["requirements"], code_steps, ["tests"], ["review"]]
+    assert plan.steps[-1].inputs == [*code_steps, "tests"]
+
+
 def test_example_task_end_to_end(settings):
     summary = run_agent_task(EXAMPLE_TASK)
     run_dir = Path(summary.run_dir)
@@ -65,9 +74,8 @@ def test_example_task_end_to_end(settings):
     assert not check_plan(plan).problems
     assert any(s.agent == "data" and "sales_2024" in s.instruction for s in plan.steps)
     outcomes = {p.stem: json.loads(p.read_text()) for p in (run_dir / "steps").glob("*.json")}
-    assert set(outcomes) == {s.id for s in plan.steps} and summary.steps == {
-        i: o["status"] for i, o in outcomes.items()
-    }
+    assert set(outcomes) == {s.id for s in plan.steps}
+    assert summary.steps == {i: o["status"] for i, o in outcomes.items()}
     data_step = next(o for o in outcomes.values() if o["agent"] == "data" and o["status"] == "completed")
     computed = numbers_in(data_step["result"]["data"]["result"])
     truths = dataset_facts(load("sales_2024"))

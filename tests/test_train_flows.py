@@ -1,6 +1,7 @@
-"""The train-tabular and train-model flows end to end: tracking, registry, bad input, divergence, resume, DDP."""
+"""The train-tabular and train-model flows end to end: tracking, registry, bad input, divergence, DDP."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from conveyor import datasets, registry, tracking
 from conveyor.training.fit import ModelConfig
 from flows.train_model import TrainModelParams, train_model
 from flows.train_tabular import ForestConfig, TrainTabularParams, train_tabular
+from tasks.training import checkpoint_dir
 
 TINY = {"epochs": 3, "batch_size": 64, "model": ModelConfig(hidden=16, layers=1)}
 
@@ -26,7 +28,9 @@ def epochs_logged(run_id: str, metric: str) -> list[int]:
 
 class TestTrainTabular:
     def test_trains_tracks_registers_and_serves(self):
-        result = train_tabular(TrainTabularParams(model_name="tab-cancer", forest=ForestConfig(n_estimators=20)))
+        result = train_tabular(
+            TrainTabularParams(model_name="tab-cancer", forest=ForestConfig(n_estimators=20))
+        )
         run = tracking.client().get_run(result.run_id)
         assert run.info.status == "FINISHED"
         tags = run.data.tags
@@ -48,8 +52,11 @@ class TestTrainTabular:
         x = rng.normal(size=200)
         csv = "x,region,y\n" + "\n".join(f"{v},{'NS'[i % 2]},{3 * v + (i % 2)}" for i, v in enumerate(x))
         datasets.save_upload("toy_regression", csv.encode())
-        result = train_tabular(TrainTabularParams(dataset="toy_regression", target="y", task="regression",
-                                                  forest=ForestConfig(n_estimators=10)))
+        result = train_tabular(
+            TrainTabularParams(
+                dataset="toy_regression", target="y", task="regression", forest=ForestConfig(n_estimators=10)
+            )
+        )
         assert result.decision.metric == "test_rmse" and not result.decision.greater_is_better
         assert result.decision.challenger_value < 1.0
 
@@ -95,16 +102,27 @@ class TestTrainModel:
         assert state.is_failed()
         with pytest.raises(RuntimeError, match="diverged"):
             state.result()
-        failed = tracking.client().search_runs([tracking.experiment_id("train-model")], order_by=["start_time DESC"])[0]
+        failed = tracking.client().search_runs(
+            [tracking.experiment_id("train-model")], order_by=["start_time DESC"]
+        )[0]
         assert failed.info.status == "FAILED"
         assert registry.champion_version(name) == "1"
         assert len(tracking.client().search_model_versions(f"name='{name}'")) == 1
 
-    def test_resume_continues_the_same_run_from_its_last_checkpoint(self):
-        first = train_model(TrainModelParams(model_name="mlp-resume", epochs=2, patience=10,
-                                             model=TINY["model"]))
-        resumed = train_model(TrainModelParams(model_name="mlp-resume", epochs=4, patience=10,
-                                               model=TINY["model"], resume_run_id=first.run_id))
+    def test_resume_continues_the_same_run_from_its_last_checkpoint_artifact(self):
+        first = train_model(
+            TrainModelParams(model_name="mlp-resume", epochs=2, patience=10, model=TINY["model"])
+        )
+        shutil.rmtree(checkpoint_dir(first.run_id))  # another machine: only the run's artifacts remain
+        resumed = train_model(
+            TrainModelParams(
+                model_name="mlp-resume",
+                epochs=4,
+                patience=10,
+                model=TINY["model"],
+                resume_run_id=first.run_id,
+            )
+        )
         assert resumed.run_id == first.run_id
         assert epochs_logged(first.run_id, "train_loss") == [0, 1, 2, 3]
         assert tracking.client().get_run(first.run_id).info.status == "FINISHED"

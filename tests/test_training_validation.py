@@ -9,8 +9,14 @@ from conveyor.training.validation import DataValidationError, check_training_fra
 
 def frame(rows: int = 20) -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"a": rng.normal(size=rows), "b": rng.normal(size=rows), "colour": ["red", "blue"] * (rows // 2),
-                         "label": [0, 1] * (rows // 2)})
+    return pd.DataFrame(
+        {
+            "a": rng.normal(size=rows),
+            "b": rng.normal(size=rows),
+            "colour": ["red", "blue"] * (rows // 2),
+            "label": [0, 1] * (rows // 2),
+        }
+    )
 
 
 class TestCheckTrainingFrame:
@@ -57,5 +63,8 @@ class TestCheckTrainingFrame:
             check_training_frame(frame(), "colour", ["a"], task="regression")
 
     def test_too_few_rows_and_all_problems_reported_together(self):
-        with pytest.raises(DataValidationError, match="only 4 rows.*missing feature columns: z|missing feature columns: z.*only 4 rows"):
+        with pytest.raises(
+            DataValidationError,
+            match="only 4 rows.*missing feature columns: z|missing feature columns: z.*only 4 rows",
+        ):
             check_training_frame(frame(4), "label", ["a", "z"])

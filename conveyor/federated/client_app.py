@@ -45,11 +45,7 @@ def _site_rows(context: Context):
 
 
 def _received_model(message: Message, num_features: int, context: Context) -> ProximalClassifier:
-    spec = ModelSpec(
-        hidden=int(context.run_config["hidden"]),
-        layers=int(context.run_config["layers"]),
-        learning_rate=float(context.run_config["learning-rate"]),
-    )
+    spec = ModelSpec.from_run_config(context.run_config)
     model = build_model(num_features, spec, seed=int(context.run_config["seed"]), kind=ProximalClassifier)
     model.load_state_dict(message.content["arrays"].to_torch_state_dict())
     return model

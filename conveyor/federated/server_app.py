@@ -125,11 +125,7 @@ def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
     found = gather_sites(grid, int(config["num-sites"]), int(config["min-sites"]), timeout_s)
     journal.write("sites", sites=sorted(site["site"] for site in found.values()))
 
-    spec = ModelSpec(
-        hidden=int(config["hidden"]),
-        layers=int(config["layers"]),
-        learning_rate=float(config["learning-rate"]),
-    )
+    spec = ModelSpec.from_run_config(config)
     model = build_model(test_features.shape[1], spec, seed=int(config["seed"]))
     mean, std = pooled_standardization([site["moments"] for site in found.values()])
     model.feature_mean.copy_(mean)

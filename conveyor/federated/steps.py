@@ -124,7 +124,7 @@ def log_global_model(
         info = mlflow.pytorch.log_model(
             model.eval(),
             name="model",
-            input_example=test[features].head(5).to_numpy(dtype="float32"),
+            input_example=test[features].head(5).to_numpy(dtype="float32", copy=True),
             metadata={"features": features, "target": TARGET},
         )
     return info.model_uri

@@ -17,8 +17,9 @@ def split_frame(
     stratify = frame[target] if target else None
     rest, test = train_test_split(frame, test_size=test_fraction, random_state=seed, stratify=stratify)
     stratify = rest[target] if target else None
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), random_state=seed,
-                                  stratify=stratify)
+    train, val = train_test_split(
+        rest, test_size=val_fraction / (1 - test_fraction), random_state=seed, stratify=stratify
+    )
     return train, val, test
 
 

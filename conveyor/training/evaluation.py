@@ -24,7 +24,9 @@ def score(predictions: np.ndarray, truth: pd.Series, metric: Metric) -> float:
     return float(np.mean(labels.reshape(-1) == truth.to_numpy()))
 
 
-def model_scorer(held_out: pd.DataFrame, target: str, features: list[str], metric: Metric) -> Callable[[str], float]:
+def model_scorer(
+    held_out: pd.DataFrame, target: str, features: list[str], metric: Metric
+) -> Callable[[str], float]:
     """A function that loads a model URI as pyfunc and scores it on `held_out`."""
 
     def evaluate(model_uri: str) -> float:

@@ -1,4 +1,4 @@
-"""One Lightning fit, run in-process or as its own (torchrun) process: `python -m conveyor.training.fit CONFIG`.
+"""One Lightning fit, in-process or as its own torchrun process: `python -m conveyor.training.fit CONFIG`.
 
 Launching the fit as its own process is how DDP and multi-node training stay out of the Prefect flow:
 Lightning's `ddp` launcher re-executes the current script for every extra rank, so running it inside
@@ -8,10 +8,10 @@ a flow would start duplicate flow runs. Only global rank 0 talks to MLflow and w
 from __future__ import annotations
 
 import argparse
-from argparse import Namespace
 import json
 import math
 import time
+from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
@@ -97,19 +97,29 @@ def fit(config: FitConfig) -> FitOutcome | None:
 
     limit_torch_threads(config.torch_threads)
     L.seed_everything(config.seed, workers=True)
-    data = TabularDataModule(config.csv_path, config.target, config.features, batch_size=config.batch_size,
-                             seed=config.seed)
+    data = TabularDataModule(
+        config.csv_path, config.target, config.features, batch_size=config.batch_size, seed=config.seed
+    )
     data.setup()
     model = TabularClassifier(len(config.features), config.num_classes, **config.model.model_dump())
     train_features = data.train_dataloader().dataset.tensors[0]
     model.set_standardization(train_features)
     checkpoint = ModelCheckpoint(dirpath=config.checkpoint_dir, monitor="val_loss", save_last=True)
     trainer = L.Trainer(
-        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=config.precision, max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_epochs=config.epochs,
         logger=_RunLogger(tracking_uri=config.tracking_uri, run_id=config.run_id, log_model="all"),
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=config.patience, check_finite=True)],
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+        callbacks=[
+            checkpoint,
+            EarlyStopping(monitor="val_loss", patience=config.patience, check_finite=True),
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
     )
     started = time.perf_counter()
     start_epoch = _checkpoint_epoch(config.resume_checkpoint)

@@ -84,8 +84,12 @@ class TabularClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+            return torch.optim.SGD(
+                self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            )
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
 
 
 def feature_array(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
@@ -95,7 +99,9 @@ def feature_array(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
 
 def frame_to_tensors(frame: pd.DataFrame, target: str, features: list[str]) -> tuple[Tensor, Tensor]:
     """Feature rows as float32 and integer class labels as int64 tensors."""
-    return torch.from_numpy(feature_array(frame, features)), torch.from_numpy(frame[target].to_numpy(np.int64))
+    return torch.from_numpy(feature_array(frame, features)), torch.from_numpy(
+        frame[target].to_numpy(np.int64)
+    )
 
 
 def frame_to_dataset(frame: pd.DataFrame, target: str, features: list[str]) -> TensorDataset:

@@ -25,9 +25,17 @@ def build_pipeline(
     categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c])]
     numeric = [c for c in features if c not in categorical]
     columns = ColumnTransformer(
-        [("categorical", OneHotEncoder(handle_unknown="ignore"), categorical), ("numeric", "passthrough", numeric)]
+        [
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), categorical),
+            ("numeric", "passthrough", numeric),
+        ]
     )
     forest_type = RandomForestClassifier if task == "classification" else RandomForestRegressor
-    forest = forest_type(n_estimators=n_estimators, max_depth=max_depth, min_samples_leaf=min_samples_leaf,
-                         random_state=seed, n_jobs=1)
+    forest = forest_type(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        min_samples_leaf=min_samples_leaf,
+        random_state=seed,
+        n_jobs=1,
+    )
     return Pipeline([("columns", columns), ("forest", forest)])

@@ -38,7 +38,9 @@ def check_training_frame(
         DataValidationError: naming each missing column, wrong type, NaN count or label problem.
     """
     if target not in frame.columns:
-        raise DataValidationError(f"target column {target!r} is missing (columns: {', '.join(map(str, frame.columns))})")
+        raise DataValidationError(
+            f"target column {target!r} is missing (columns: {', '.join(map(str, frame.columns))})"
+        )
     features = [c for c in frame.columns if c != target] if features is None else list(features)
     problems = []
     missing = [c for c in features if c not in frame.columns]
@@ -71,20 +73,29 @@ def _type_problems(frame: pd.DataFrame, columns: list[str], numeric_only: bool) 
                 problems.append(f"column {column!r} has infinite values")
         elif numeric_only:
             problems.append(f"column {column!r} has type {series.dtype}, expected numbers")
-        elif not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)
-                  or isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(series)):
+        elif not (
+            pd.api.types.is_object_dtype(series)
+            or pd.api.types.is_string_dtype(series)
+            or isinstance(series.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_bool_dtype(series)
+        ):
             problems.append(f"column {column!r} has unsupported type {series.dtype}")
     return problems
 
 
 def _label_problems(labels: pd.Series, target: str, task: Task, integer_labels: bool) -> list[str]:
     if task == "regression":
-        return [] if pd.api.types.is_numeric_dtype(labels) else [
-            f"target {target!r} has type {labels.dtype}; regression needs numbers"]
+        return (
+            []
+            if pd.api.types.is_numeric_dtype(labels)
+            else [f"target {target!r} has type {labels.dtype}; regression needs numbers"]
+        )
     classes = labels.unique()
     if len(classes) < 2:
-        return [f"target {target!r} has a single class ({classes[0] if len(classes) else 'none'}); "
-                "classification needs at least two"]
+        return [
+            f"target {target!r} has a single class ({classes[0] if len(classes) else 'none'}); "
+            "classification needs at least two"
+        ]
     if integer_labels:
         if not pd.api.types.is_integer_dtype(labels):
             return [f"target {target!r} has type {labels.dtype}; expected integer class labels 0..K-1"]

@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field, StringConstraints
@@ -23,6 +23,7 @@ from serving.db import Conversation, User
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger(__name__)
+EVENT_STREAM = {"description": "server-sent events", "content": {"text/event-stream": {}}}
 LLM_ERRORS = {
     503: {"description": "the LLM is down or busy past the timeout"},
     504: {"description": "the LLM did not answer within the timeout"},
@@ -79,7 +80,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return format_sse_event(event=event, data_str=json.dumps(data, default=str))
 
 
-@router.post("/chat/stream", response_class=EventSourceResponse, responses=LLM_ERRORS)
+@router.post("/chat/stream", response_class=Response, responses={**LLM_ERRORS, 200: EVENT_STREAM})
 async def chat_stream(
     body: ChatRequest, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
 ) -> EventSourceResponse:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
@@ -12,11 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from serving.api.deps import CurrentUser
+from serving.api.errors import redact
 from serving.core.concurrency import call_blocking
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 20.0
-_CREDENTIALS_IN_URL = re.compile(r"://[^/@\s]+@")
 
 
 def _check_database(request: Request) -> None:
@@ -37,9 +36,11 @@ def _check_knowledge() -> None:
 
 
 def _check_llm() -> None:
-    from agents.llm import get_llm
+    from agents.llm import EmbeddedLLM, get_llm
 
-    get_llm()
+    llm = get_llm()  # the embedded model is verified and loaded here
+    if not isinstance(llm, EmbeddedLLM):  # a remote endpoint must prove it answers
+        llm.complete([{"role": "user", "content": "ping"}], max_tokens=1)
 
 
 def _check_orchestration() -> None:
@@ -56,7 +57,7 @@ async def _run_check(check: Callable[[], None]) -> str:
         await call_blocking(check, timeout=CHECK_TIMEOUT_S)
     except Exception as exc:  # any failure makes the service not ready; the reason is reported
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return "error: " + _CREDENTIALS_IN_URL.sub("://***@", reason)[:300]
+        return "error: " + redact(reason)[:300]
     return "ok"
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.llm import LLMUnavailable, get_llm
 from serving.api.deps import CurrentUser, SettingsDep
-from serving.api.routes.chat import LLM_ERRORS
+from serving.api.routes.chat import EVENT_STREAM, LLM_ERRORS
 from serving.core import metrics
 from serving.core.concurrency import GenerationTimeout, iterate_blocking
 
@@ -127,7 +127,7 @@ def _chunk(completion_id: str, model: str, delta: dict, finish_reason: str | Non
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={**LLM_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    responses={**LLM_ERRORS, 200: EVENT_STREAM},
 )
 async def chat_completions(body: CompletionRequest, _: CurrentUser, settings: SettingsDep):
     """Generate a chat completion (`stream: true` sends `chat.completion.chunk` events, then `[DONE]`)."""
