@@ -47,7 +47,8 @@ def _bin(name: str) -> str:
 def _worker_heartbeat_since(response: httpx.Response, since: datetime) -> bool:
     """The worker has sent a heartbeat since it was started (older records may be left from before)."""
     return response.status_code == 200 and any(
-        w["name"] == WORKER_NAME and w["last_heartbeat_time"]
+        w["name"] == WORKER_NAME
+        and w["last_heartbeat_time"]
         and datetime.fromisoformat(w["last_heartbeat_time"]) >= since
         for w in response.json()
     )
@@ -55,32 +56,36 @@ def _worker_heartbeat_since(response: httpx.Response, since: datetime) -> bool:
 
 def services(settings: Settings) -> list[Service]:
     """The stack in start order; the chat API only once `serving/app.py` exists."""
-    api = prefect_api_url(settings)
+    api, pool, mlflow_port, api_port = (
+        prefect_api_url(settings), settings.work_pool, settings.mlflow_port, settings.api_port
+    )
+    mlflow = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
+    mlflow += ["--backend-store-uri", settings.tracking_uri]
+    mlflow += ["--default-artifact-root", settings.artifact_root.as_uri()]
     stack = [
         Service(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
-            settings.prefect_port, "CONVEYOR_PREFECT_PORT", f"{api}/health", 90,
+            settings.prefect_port, "CONVEYOR_PREFECT_PORT", f"{api}/health", ready_timeout_s=90,
         ),
         Service(
             "prefect-worker",
-            [_bin("prefect"), "worker", "start", "--pool", settings.work_pool, "--name", WORKER_NAME,
-             "--type", "process"],
-            0, "", f"{api}/work_pools/{settings.work_pool}/workers/filter", 60, _worker_heartbeat_since,
+            [_bin("prefect"), "worker", "start", "--type", "process", "--pool", pool, "--name", WORKER_NAME],
+            0, "", f"{api}/work_pools/{pool}/workers/filter", ready_timeout_s=60,
+            is_ready=_worker_heartbeat_since,
         ),
         Service(
             "mlflow-server",
-            [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(settings.mlflow_port),
-             "--backend-store-uri", settings.tracking_uri,
-             "--default-artifact-root", settings.artifact_root.as_uri(), "--workers", "1"],
-            settings.mlflow_port, "CONVEYOR_MLFLOW_PORT", f"http://127.0.0.1:{settings.mlflow_port}/health", 120,
+            mlflow, mlflow_port, "CONVEYOR_MLFLOW_PORT", f"http://127.0.0.1:{mlflow_port}/health",
+            ready_timeout_s=120,
         ),
     ]
     if (REPO / "serving" / "app.py").exists():
         stack.append(Service(
             "chat-api",
-            [_bin("uvicorn"), "serving.app:app", "--host", settings.api_host, "--port", str(settings.api_port)],
-            settings.api_port, "CONVEYOR_API_PORT", f"http://{settings.api_host}:{settings.api_port}/health", 120,
+            [_bin("uvicorn"), "serving.app:app", "--host", settings.api_host, "--port", str(api_port)],
+            api_port, "CONVEYOR_API_PORT", f"http://{settings.api_host}:{api_port}/health",
+            ready_timeout_s=120,
         ))
     return stack
 
@@ -161,8 +166,13 @@ def _start(service: Service, settings: Settings, env: dict[str, str]) -> None:
         )
     with log.open("ab") as out:
         process = subprocess.Popen(
-            service.command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            service.command,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     pid_file.write_text(json.dumps({"pid": process.pid, "started": start_time(process.pid)}))
     try:
@@ -184,7 +194,8 @@ def up(settings: Settings | None = None) -> None:
             workpools.apply(settings.work_pool, api_url=prefect_api_url(settings))
             workpools.apply_crash_detection(api_url=prefect_api_url(settings))
         _start(service, settings, env)
-    print(f"Prefect UI  http://127.0.0.1:{settings.prefect_port}   (export PREFECT_API_URL={env['PREFECT_API_URL']})")
+    print(f"Prefect UI  http://127.0.0.1:{settings.prefect_port}")
+    print(f"            export PREFECT_API_URL={env['PREFECT_API_URL']}  # for prefect deploy/run")
     print(f"MLflow UI   http://127.0.0.1:{settings.mlflow_port}")
     if any(s.name == "chat-api" for s in services(settings)):
         print(f"Chat API    http://{settings.api_host}:{settings.api_port}/docs")

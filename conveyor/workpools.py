@@ -71,9 +71,12 @@ def apply_crash_detection(api_url: str | None = None) -> str:
             threshold=1,
             within=HEARTBEAT_TIMEOUT,
         ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED, message="No heartbeat: the worker or node running this flow run died.",
-        )],
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message="No heartbeat: the worker or node running this flow run died.",
+            )
+        ],
     )
     overrides = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(overrides):

@@ -13,16 +13,10 @@ from conveyor import tracking
 from conveyor.settings import ConfigurationError, get_settings
 from flows.evaluate_retrieval import evaluate_retrieval
 from flows.index_documents import index_documents
-from flows.run_agent_task import run_agent_task
+from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
 from flows.train_model import train_model
 from flows.train_tabular import train_tabular
 from tasks.data_prep import prepare_data
-
-EXAMPLE_TASK = (
-    "Analyze the dataset sales_2024.csv, generate Python code for a visualization, "
-    "summarize the insights and write a report with charts"
-)
-
 
 class PlatformOptions(BaseModel):
     """What the end-to-end run covers."""
@@ -62,7 +56,7 @@ def platform(options: PlatformOptions | None = None) -> PlatformSummary:
         retrieval = evaluate_retrieval(beir_dir=str(beir_dir))
     trained = {}
     if options.train:
-        trained["train-tabular"] = train_tabular(dataset="breast_cancer", target="malignant")
+        trained["train-tabular"] = train_tabular()
         trained["train-model"] = train_model()
     agent_report = run_agent_task(task=options.agent_task) if options.agent_task else None
 

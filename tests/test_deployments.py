@@ -135,7 +135,9 @@ class TestSecrets:
     def test_no_plaintext_secret_in_prefect_yaml(self):
         for path, value in walk(CONFIG):
             if SECRET_KEY.search(path.rsplit(".", 1)[-1]) and isinstance(value, str):
-                assert "{{" in value, f"prefect.yaml{path} holds a literal secret; reference a Secret block instead"
+                assert "{{" in value, (
+                    f"prefect.yaml{path} holds a literal secret; reference a Secret block instead"
+                )
 
     @pytest.mark.parametrize("pool", list(workpools.POOL_TYPES))
     def test_pool_templates_carry_no_secret_values(self, pool: str):

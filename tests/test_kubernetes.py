@@ -1,4 +1,4 @@
-"""Kubernetes offline: every manifest and every rendered work-pool Job against the API schema; the worker vs kmock."""
+"""Kubernetes offline: manifests and rendered pool Jobs against the API schema; the worker against kmock."""
 
 from __future__ import annotations
 
@@ -35,8 +35,12 @@ def manifest_documents() -> list[tuple[str, dict[str, Any]]]:
             continue
         for document in yaml.safe_load_all(path.read_text()):
             if document:
-                documents.append((f"{path.relative_to(MANIFESTS)}:{document['kind']}/"
-                                  f"{document['metadata']['name']}", document))
+                documents.append(
+                    (
+                        f"{path.relative_to(MANIFESTS)}:{document['kind']}/{document['metadata']['name']}",
+                        document,
+                    )
+                )
     return documents
 
 
@@ -68,18 +72,24 @@ def validate_job(job: dict[str, Any]) -> None:
 
 def containers_env(document: dict[str, Any]) -> list[dict[str, Any]]:
     spec = document.get("spec", {})
-    pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get("template", {})
+    pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get(
+        "template", {}
+    )
     return [env for container in pod.get("containers", []) for env in container.get("env") or []]
 
 
 class TestManifests:
-    @pytest.mark.parametrize("name,document", manifest_documents(), ids=lambda v: v if isinstance(v, str) else "")
+    @pytest.mark.parametrize(
+        "name,document", manifest_documents(), ids=lambda v: v if isinstance(v, str) else ""
+    )
     def test_validates_strictly_against_the_kubernetes_schema(self, name: str, document: dict[str, Any]):
         kubernetes_validate.validate(document, K8S_VERSION, strict=True)
 
     def test_kustomization_lists_every_manifest(self):
         listed = set(yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["resources"])
-        files = {str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"}
+        files = {
+            str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
+        }
         assert listed == files
 
     def test_secrets_only_by_reference(self):
@@ -95,7 +105,13 @@ class TestManifests:
         assert container["livenessProbe"]["httpGet"]["path"] == "/health"
         assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
         kinds = {d["kind"] for n, d in manifest_documents() if n.startswith("api/")}
-        assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PersistentVolumeClaim"} <= kinds
+        assert {
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "ConfigMap",
+            "PersistentVolumeClaim",
+        } <= kinds
 
 
 class TestRenderedJobs:
@@ -107,7 +123,10 @@ class TestRenderedJobs:
         assert resources["limits"]["nvidia.com/gpu"] == 1
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert pod["nodeSelector"]
-        assert workpools.template("k8s-gpu")["variables"]["properties"]["pod_watch_timeout_seconds"]["default"] >= 600
+        assert (
+            workpools.template("k8s-gpu")["variables"]["properties"]["pod_watch_timeout_seconds"]["default"]
+            >= 600
+        )
 
     @pytest.mark.parametrize("deployment", k8s_deployments(), ids=lambda d: f"{d['entrypoint']}:{d['name']}")
     def test_every_k8s_deployment_renders_a_valid_job(self, deployment: dict[str, Any]):
@@ -129,7 +148,9 @@ class TestRenderedJobs:
         assert deployment["parameters"]["params"]["num_nodes"] == 2
         pod = job["spec"]["template"]
         env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        service = next(d for n, d in manifest_documents() if n.startswith("training/") and d["kind"] == "Service")
+        service = next(
+            d for n, d in manifest_documents() if n.startswith("training/") and d["kind"] == "Service"
+        )
         assert service["spec"]["clusterIP"] == "None"
         assert pod["spec"]["subdomain"] == service["metadata"]["name"] == env["MASTER_ADDR"]["value"]
         assert env["MASTER_PORT"]["value"] == str(service["spec"]["ports"][0]["port"])
@@ -148,7 +169,9 @@ class TestWorkerAgainstKmock:
         monkeypatch.setenv("PREFECT_INTEGRATIONS_KUBERNETES_CLUSTER_UID", "kmock")
         created = asyncio.run(self._submit())
         assert created["metadata"]["namespace"] == "conveyor"
-        assert created["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert (
+            created["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        )
         assert created["metadata"]["labels"]["prefect.io/flow-run-name"] == "kmock-run"
         validate_job({**created, "metadata": {**created["metadata"], "generateName": "kmock-run-"}})
 
@@ -156,7 +179,9 @@ class TestWorkerAgainstKmock:
     async def _submit() -> dict[str, Any]:
         async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
             kubeconfig = {
-                "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "kmock",
                 "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
                 "users": [{"name": "kmock", "user": {"token": "not-a-secret"}}],
                 "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
@@ -181,4 +206,3 @@ class TestWorkerAgainstKmock:
                 await asyncio.gather(run, return_exceptions=True)
             assert key in emulator.objects, f"the worker created no Job in kmock (run: {run})"
             return json.loads(json.dumps(emulator.objects[key].raw))
-

@@ -1,4 +1,4 @@
-"""`conveyor up`/`down` for real: Prefect server + process worker, MLflow, chat API; deploy, run, crash, retry."""
+"""`conveyor up`/`down` for real: Prefect server + worker, MLflow, chat API; deploy, run, crash, retry."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHEAP_FLOW = '''
 """A flow that costs nothing: sleeps once per marker file, so a retried run finishes at once."""
 import time
+import uuid
 from pathlib import Path
 
 from prefect import flow
@@ -60,12 +62,25 @@ def stack_settings(tmp_path_factory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def running_stack(stack_settings: Settings):
+def secrets() -> dict[str, str]:
+    """Known secret values given to the stack, to look for in its logs."""
+    return {name: f"ops-{uuid.uuid4().hex}" for name in ("CONVEYOR_SECRET_KEY", "CONVEYOR_ADMIN_PASSWORD")}
+
+
+@pytest.fixture(scope="module")
+def running_stack(stack_settings: Settings, secrets: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in secrets}
+    os.environ.update(secrets)
     try:
         stack.up(stack_settings)
         yield stack_settings
     finally:
         stack.down(stack_settings)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +90,12 @@ def prefect_cli(running_stack: Settings):
 
     def run(*args: str, cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(Path(sys.executable).with_name("prefect")), *args], cwd=cwd, env=env,
-            capture_output=True, text=True, timeout=timeout,
+            [str(Path(sys.executable).with_name("prefect")), *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     return run
@@ -93,7 +112,10 @@ def cheap_project(tmp_path_factory, prefect_cli) -> Path:
 
 
 def _flow_run_state(settings: Settings, flow_run_id: str) -> StateType:
-    with temporary_settings({PREFECT_API_URL: stack.prefect_api_url(settings)}), get_client(sync_client=True) as c:
+    with (
+        temporary_settings({PREFECT_API_URL: stack.prefect_api_url(settings)}),
+        get_client(sync_client=True) as c,
+    ):
         return c.read_flow_run(flow_run_id).state.type
 
 
@@ -147,14 +169,17 @@ class TestUp:
 
 class TestDeployments:
     def test_deploy_and_run_to_completed(self, running_stack, prefect_cli, cheap_project: Path):
-        done = prefect_cli("deployment", "run", "ops-check/local", "--param", "seconds=0.1", "--watch",
-                           cwd=cheap_project)
+        done = prefect_cli(
+            "deployment", "run", "ops-check/local", "--param", "seconds=0.1", "--watch", cwd=cheap_project
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Completed" in done.stdout
         assert _flow_run_state(running_stack, _flow_run_id(done.stdout)) == StateType.COMPLETED
 
     def test_invalid_parameters_are_rejected_before_a_run_exists(self, prefect_cli, cheap_project: Path):
-        done = prefect_cli("deployment", "run", "ops-check/local", "--param", "seconds=soon", cwd=cheap_project)
+        done = prefect_cli(
+            "deployment", "run", "ops-check/local", "--param", "seconds=soon", cwd=cheap_project
+        )
         assert "Validation failed for field 'seconds'" in done.stdout + done.stderr
         assert "UUID:" not in done.stdout
 
@@ -166,11 +191,22 @@ class TestDeployments:
         done = prefect_cli("--no-prompt", "deploy", "--all", timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         listed = prefect_cli("deployment", "ls").stdout
-        for name in ["index-documents/local", "train-model/k8s-gpu-multinode", "platform/local",
-                     "federated-training/docker", "train-tabular/k8s", "evaluate-retrieval/local"]:
+        for name in [
+            "index-documents/local",
+            "train-model/k8s-gpu-multinode",
+            "platform/local",
+            "federated-training/docker",
+            "train-tabular/k8s",
+            "evaluate-retrieval/local",
+        ]:
             assert name in listed
-        bad = prefect_cli("deployment", "run", "train-tabular/local",
-                          "--params", '{"params": {"forest": {"n_estimators": 0}}}')
+        bad = prefect_cli(
+            "deployment",
+            "run",
+            "train-tabular/local",
+            "--params",
+            '{"params": {"forest": {"n_estimators": 0}}}',
+        )
         assert "Validation failed" in bad.stdout + bad.stderr and "UUID:" not in bad.stdout
 
 
@@ -179,8 +215,16 @@ class TestFaults:
         self, running_stack: Settings, prefect_cli, cheap_project: Path, tmp_path: Path
     ):
         marker = tmp_path / "first-attempt"
-        started = prefect_cli("deployment", "run", "ops-check/local", "--param", "seconds=600",
-                              "--param", f"marker={marker}", cwd=cheap_project)
+        started = prefect_cli(
+            "deployment",
+            "run",
+            "ops-check/local",
+            "--param",
+            "seconds=600",
+            "--param",
+            f"marker={marker}",
+            cwd=cheap_project,
+        )
         flow_run_id = _flow_run_id(started.stdout)
         assert _wait_for_state(running_stack, flow_run_id, StateType.RUNNING, 180) == StateType.RUNNING
         deadline = time.monotonic() + 60
@@ -189,7 +233,9 @@ class TestFaults:
 
         # A dying node takes the worker and its flow-run process with it.
         worker_pid = stack.running_pid(running_stack.state_dir / "run" / "prefect-worker.pid")
-        children = subprocess.run(["pgrep", "-P", str(worker_pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(worker_pid)], capture_output=True, text=True
+        ).stdout.split()
         for pid in [worker_pid, *map(int, children)]:
             os.kill(pid, signal.SIGKILL)
 
@@ -215,3 +261,9 @@ class TestDown:
             bystander.kill()
             bystander.wait()
 
+    def test_no_secret_reaches_a_log(self, running_stack: Settings, secrets: dict[str, str]):
+        logs = list((running_stack.state_dir / "run").glob("*.log"))
+        assert {log.stem for log in logs} >= {"prefect-server", "prefect-worker", "mlflow-server"}
+        for log in logs:
+            text = log.read_text(errors="replace")
+            assert not [name for name, value in secrets.items() if value in text], log

@@ -122,27 +122,30 @@ def fit(config: FitConfig) -> FitOutcome | None:
         log_every_n_steps=1,
     )
     started = time.perf_counter()
-    start_epoch = _checkpoint_epoch(config.resume_checkpoint)
     trainer.fit(model, datamodule=data, ckpt_path=config.resume_checkpoint)
     seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return None
+    # Read progress from the files: after ddp_spawn this process's trainer never ran the loop.
+    last = Path(config.checkpoint_dir) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+    epochs_done = _checkpoint_epochs(str(last))
+    epochs_trained = max(epochs_done - _checkpoint_epochs(config.resume_checkpoint), 1)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    trained_epochs = max(trainer.current_epoch - start_epoch, 1)
     outcome = FitOutcome(
-        best_checkpoint=checkpoint.best_model_path or checkpoint.last_model_path,
-        last_checkpoint=checkpoint.last_model_path,
-        epochs_completed=trainer.current_epoch,
+        best_checkpoint=checkpoint.best_model_path or str(last),
+        last_checkpoint=str(last),
+        epochs_completed=epochs_done,
         metrics=metrics,
         diverged=not all(math.isfinite(v) for v in metrics.values()),
-        samples_per_second=len(data.splits["train"]) * trained_epochs / seconds,
+        samples_per_second=len(data.splits["train"]) * epochs_trained / seconds,
     )
     Path(config.outcome_path).write_text(outcome.model_dump_json())
     return outcome
 
 
-def _checkpoint_epoch(path: str | None) -> int:
-    if path is None:
+def _checkpoint_epochs(path: str | None) -> int:
+    """Epochs completed when the checkpoint at `path` was written (0 without one)."""
+    if not path:
         return 0
     import torch
 

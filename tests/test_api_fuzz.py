@@ -1,0 +1,119 @@
+"""Chat API under bad input: schemathesis fuzzing of the OpenAPI schema (no 5xx), size and format limits."""
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+from schemathesis.generation import GenerationMode
+
+import serving.app
+from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
+from serving.app import create_app
+from serving.testing import ThreadedServer, login
+
+# Valid input on these runs the model or an indexing flow (or stores an upload in the shared test
+# state): the chat, runs and data tests cover it; the fuzzer sends them schema-violating input only.
+HEAVY = r"^/(chat|chat/stream|v1/chat/completions|rag/documents|datasets)$"
+
+
+@pytest.fixture(scope="module")
+def api(settings, tmp_path_factory):
+    database = tmp_path_factory.mktemp("fuzz-api") / "users.db"
+    app_settings = settings.model_copy(
+        update={"database_url": f"sqlite:///{database}", "api_rate_limit_per_minute": 100_000}
+    )
+    with ThreadedServer(create_app(app_settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth(api) -> dict[str, str]:
+    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
+
+
+def load_schema(max_examples: int, modes: list[GenerationMode]) -> schemathesis.BaseSchema:
+    """The app's own OpenAPI document; cases are sent over HTTP to the live server."""
+    schema = schemathesis.openapi.from_dict(serving.app.app.openapi())
+    schema.config.generation.update(max_examples=max_examples, modes=modes)
+    return schema
+
+
+light_schema = load_schema(15, list(GenerationMode)).exclude(path_regex=HEAVY, method="POST")
+heavy_schema = load_schema(15, [GenerationMode.NEGATIVE]).include(path_regex=HEAVY, method="POST")
+
+
+def call_without_server_error(case, api, auth) -> None:
+    response = case.call(base_url=api.url, headers=auth, timeout=120)
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:300]}"
+    )
+
+
+@light_schema.parametrize()
+@hypothesis.settings(deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_no_server_error_on_generated_input(case, api, auth):
+    call_without_server_error(case, api, auth)
+
+
+@heavy_schema.parametrize()
+@hypothesis.settings(deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_no_server_error_on_invalid_input_to_model_and_flow_routes(case, api, auth):
+    call_without_server_error(case, api, auth)
+
+
+class TestLimits:
+    def test_oversized_json_body_is_413(self, api, auth):
+        body = b'{"message": "' + b"x" * 1_100_000 + b'"}'
+        response = httpx.post(
+            f"{api.url}/chat", headers=auth | {"Content-Type": "application/json"}, content=body
+        )
+        assert response.status_code == 413 and "larger than" in response.json()["detail"]
+
+    def test_oversized_chunked_body_is_413(self, api, auth):
+        def chunks():
+            for _ in range(40):
+                yield b"x" * 50_000
+
+        response = httpx.post(
+            f"{api.url}/rag/query", headers=auth | {"Content-Type": "application/json"}, content=chunks()
+        )
+        assert response.status_code == 413
+
+    def test_malformed_json_is_422_with_the_reason(self, api, auth):
+        response = httpx.post(
+            f"{api.url}/rag/query", headers=auth | {"Content-Type": "application/json"}, content=b'{"query": '
+        )
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["type"] == "json_invalid"
+
+    def test_wrong_content_type_is_422(self, api, auth):
+        response = httpx.post(
+            f"{api.url}/rag/query", headers=auth | {"Content-Type": "text/plain"}, content=b'{"query": "x"}'
+        )
+        assert response.status_code == 422
+
+    def test_form_where_json_is_expected_is_422(self, api, auth):
+        response = httpx.post(f"{api.url}/chat", headers=auth, data={"message": "hi"})
+        assert response.status_code == 422
+
+    def test_request_id_is_echoed_or_made(self, api):
+        assert (
+            httpx.get(f"{api.url}/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+            == "abc-123"
+        )
+        made = httpx.get(f"{api.url}/health", headers={"X-Request-ID": "bad id\twith junk"}).headers[
+            "x-request-id"
+        ]
+        assert made != "bad id\twith junk" and len(made) == 32
+
+    def test_openapi_and_chat_page_are_served(self, api):
+        schema = httpx.get(f"{api.url}/openapi.json").json()
+        assert {
+            "/chat",
+            "/chat/stream",
+            "/v1/chat/completions",
+            "/rag/query",
+            "/models/{name}/predict",
+        } <= set(schema["paths"])
+        page = httpx.get(f"{api.url}/")
+        assert page.status_code == 200 and "Conveyor chat" in page.text
