@@ -85,12 +85,13 @@ def template_plan(task: str) -> Plan:
             )
         )
     if re.search(r"\b(code|script|program|function|implement)\b", task, re.IGNORECASE):
+        source = f"reads {dataset}.csv with pandas and " if dataset else ""
         steps.append(
             PlanStep(
                 id="code",
                 agent="code",
                 inputs=[s.id for s in steps],
-                instruction=f"Write Python code for this part of the task: {task}",
+                instruction=f"Write a Python script that {source}does the coding part of this task: {task}",
             )
         )
     if not steps:

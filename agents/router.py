@@ -85,6 +85,9 @@ def route(message: str) -> Route:
     counts = keyword_counts(message)
     if counts.get(choice, 0) == 0 and any(counts.values()):
         return Route(
-            agent=keyword_route(message), method="llm+keywords", latency_s=time.perf_counter() - started
+            agent=keyword_route(message),
+            method="llm+keywords",
+            model_choice=choice,
+            latency_s=time.perf_counter() - started,
         )
-    return Route(agent=choice, method="llm", latency_s=time.perf_counter() - started)
+    return Route(agent=choice, method="llm", model_choice=choice, latency_s=time.perf_counter() - started)

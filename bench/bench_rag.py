@@ -98,21 +98,21 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
 
 
-def bench_corpus(folder: Path) -> Path:
+def bench_corpus(folder: Path, max_docs: int | None) -> Path:
     """About 10k chunks: Cranfield abstracts plus the full READMEs of the installed packages."""
     cranfield = get_settings().benchmarks_dir / "cranfield" / "corpus.jsonl"
+    lines = cranfield.read_text().splitlines()
+    for name, _, body in package_readmes(None):
+        lines.append(json.dumps({"_id": f"pkg-{name}", "title": name, "text": body}))
     path = folder / "corpus.jsonl"
-    with path.open("w") as out:
-        out.write(cranfield.read_text())
-        for name, _, body in package_readmes(None):
-            out.write(json.dumps({"_id": f"pkg-{name}", "title": name, "text": body}) + "\n")
+    path.write_text("\n".join(lines[:max_docs]) + "\n")
     return path
 
 
-def bench_indexing(folder: Path) -> None:
+def bench_indexing(folder: Path, max_docs: int | None) -> None:
     from flows.index_documents import index_documents
 
-    source = bench_corpus(folder)
+    source = bench_corpus(folder, max_docs)
     items = iter_source(str(source), get_settings().max_document_bytes)
     documents = [d for d in items if isinstance(d, Document)]
     signature = corpus.signature()
@@ -147,14 +147,14 @@ def bench_indexing(folder: Path) -> None:
           f"of the full index (updated {again.updated}, unchanged {again.unchanged}); stages {again.seconds}")
 
 
-def bench_queries(rounds: int = 200, callers: int = 16) -> None:
+def bench_queries(domain: str, rounds: int = 200, callers: int = 16) -> None:
     queries = list(beir.read_queries(get_settings().benchmarks_dir / "cranfield").values())
-    rows = knowledge.open_domain(DOMAIN).count_rows()
-    gateway.search(queries[0], [DOMAIN], k=10)
+    rows = knowledge.open_domain(domain).count_rows()
+    gateway.search(queries[0], [domain], k=10)
 
     def timed(query: str) -> float:
         started = time.perf_counter()
-        gateway.search(query, [DOMAIN], k=10)
+        gateway.search(query, [domain], k=10)
         return time.perf_counter() - started
 
     sequential = [timed(queries[n % len(queries)]) for n in range(rounds)]
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality", nargs="*", type=Path, help="BEIR directories to compare retrievers on")
     parser.add_argument("--build-readmes", type=Path, help="write the installed-package README collection")
     parser.add_argument("--build-debian", type=Path, help="write the Debian package description collection")
+    parser.add_argument("--max-docs", type=int, help="index only the first N documents of the bench corpus")
+    parser.add_argument("--latency-domain", help="measure query latency on this existing domain only")
     args = parser.parse_args(argv or [])
     if args.build_readmes:
         write_known_item(args.build_readmes, package_readmes(README_CHARS))
@@ -237,9 +239,10 @@ def main(argv: list[str] | None = None) -> None:
         for folder in args.quality:
             bench_quality(folder)
         return
-    with tempfile.TemporaryDirectory() as folder:
-        bench_indexing(Path(folder))
-    bench_queries()
+    if not args.latency_domain:
+        with tempfile.TemporaryDirectory() as folder:
+            bench_indexing(Path(folder), args.max_docs)
+    bench_queries(args.latency_domain or DOMAIN)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def _run(epochs: int, batch_size: int) -> None:
         ("train-model ddp_spawn 2", {"devices": 2, "strategy": "ddp_spawn"}),
     ]
     _start_stores()
-    rows = len(split_frame(datasets.load("breast_cancer"), "malignant", 0.15, 0.15, 0)[0])
+    rows = len(split_frame(datasets.load("breast_cancer"), "malignant", seed=0)[0])
     for label, hardware in runs:
         params = TrainModelParams(
             model_name="bench-mlp", epochs=epochs, batch_size=batch_size, patience=epochs, **hardware

@@ -45,7 +45,7 @@ class AgentRunSummary(BaseModel):
 
 
 def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
-    """Submit each wave's steps together; a step whose input failed is skipped, the others go on."""
+    """Submit each wave's steps together; a step none of whose inputs completed is skipped, others go on."""
     steps = {s.id: s for s in plan.steps}
     outcomes = {
         sid: StepOutcome(id=sid, agent=steps[sid].agent, status="failed", error=why)
@@ -54,13 +54,13 @@ def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
     for wave in checked.waves:
         futures = {}
         for sid in wave:
-            failed_inputs = [i for i in steps[sid].inputs if outcomes[i].status != "completed"]
-            if failed_inputs:
+            inputs = steps[sid].inputs
+            if inputs and all(outcomes[i].status != "completed" for i in inputs):
                 outcomes[sid] = StepOutcome(
                     id=sid,
                     agent=steps[sid].agent,
                     status="skipped",
-                    error=f"input step(s) {', '.join(failed_inputs)} did not complete",
+                    error=f"no input step completed ({', '.join(inputs)})",
                 )
             else:
                 futures[sid] = run_agent_step.submit(

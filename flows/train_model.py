@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from conveyor import tracking
 from conveyor.registry import PromotionDecision
 from conveyor.settings import get_settings
-from conveyor.training.fit import FitConfig, FitOutcome, ModelConfig
+from conveyor.training.fit import FitConfig, ModelConfig
+from conveyor.training.launch import join_as_worker
 from tasks.training import (
     DatasetRef,
     check_dataset,
@@ -101,12 +102,20 @@ def fit_config(params: TrainModelParams, data: DatasetRef, run_id: str) -> FitCo
     )
 
 
-def main(argv: list[str] | None = None) -> FitOutcome | TrainingResult:
-    parser = argparse.ArgumentParser(description="Run the train-model flow once.")
+def main(argv: list[str] | None = None) -> TrainingResult | None:
+    parser = argparse.ArgumentParser(description="Run the train-model flow once, or join one as a DDP node.")
+    parser.add_argument(
+        "--ddp-worker",
+        action="store_true",
+        help="Node NODE_RANK>0 of a multi-node run: join node 0's fit (MASTER_ADDR/PORT).",
+    )
     for name, field in TrainModelParams.model_fields.items():
         if field.annotation in (int, str, str | None) or name in {"accelerator", "strategy", "precision"}:
             parser.add_argument(f"--{name.replace('_', '-')}", type=int if field.annotation is int else str)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if args.pop("ddp_worker"):
+        join_as_worker()
+        return None
     result = train_model(TrainModelParams(**args))
     print(result.model_dump_json(indent=2))
     return result

@@ -71,9 +71,9 @@ def run_agent_step(step: PlanStep, context: str) -> AgentResult:
 def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
     """The overall task and the outputs of the step's inputs, as text for its prompt."""
     parts = [f"Overall task: {task_text[:1000]}"] + [
-        f"## {i} ({outcomes[i].agent})\n{outcomes[i].result.answer}"
+        f"## {i} ({outcomes[i].agent})\n"
+        + (outcomes[i].result.answer if outcomes[i].result else f"(did not complete: {outcomes[i].error})")
         for i in step.inputs
-        if outcomes[i].result
     ]
     return "\n\n".join(parts)[:6000]
 

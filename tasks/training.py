@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +22,7 @@ from conveyor.settings import get_settings
 from conveyor.training.data import split_frame
 from conveyor.training.evaluation import GREATER_IS_BETTER, Metric, model_scorer, score
 from conveyor.training.fit import LAST_CHECKPOINT_ARTIFACT, FitConfig, FitOutcome, fit
+from conveyor.training.launch import launch, needs_launcher
 from conveyor.training.model import TabularClassifier, feature_array
 from conveyor.training.tabular import build_pipeline
 from conveyor.training.validation import Task, check_training_frame
@@ -65,12 +62,12 @@ def check_dataset(
     dataset_id: str, target: str, features: list[str] | None, task: Task, neural: bool = False
 ) -> DatasetRef:
     """Load a catalog dataset and refuse it (naming the problem) before any training starts."""
-    path = datasets.dataset_path(dataset_id)
-    frame = datasets.load(dataset_id)
+    info = datasets.describe(dataset_id)  # pins the version: a later upload can't change what we train on
+    path = datasets.dataset_path(dataset_id, info.version or None)
+    frame = datasets.load(dataset_id, info.version or None)
     columns = check_training_frame(
         frame, target, features, task=task, numeric_only=neural, integer_labels=neural
     )
-    info = datasets.describe(dataset_id)
     return DatasetRef(
         id=info.id,
         version=info.version,
@@ -103,52 +100,10 @@ def log_training_inputs(run_id: str, params: dict, data: DatasetRef, resumed: bo
 def fit_lightning(config: FitConfig) -> FitOutcome:
     """Fit in this process (one device, ddp_spawn) or as its own torchrun process group (ddp, multi-node)."""
     Path(config.checkpoint_dir).mkdir(parents=True, exist_ok=True)
-    if needs_launcher(config):
-        outcome = _launch(config)
-    else:
-        outcome = fit(config)
+    outcome = launch(config) if needs_launcher(config) else fit(config)
     if outcome.diverged:
         raise TrainingDiverged(f"training diverged at epoch {outcome.epochs_completed}: {outcome.metrics}")
     return outcome
-
-
-def needs_launcher(config: FitConfig) -> bool:
-    """The one rule for where a fit runs: multi-process strategies other than ddp_spawn get their own
-    process group, since Lightning's `ddp` launcher would re-execute the flow's script per rank."""
-    processes = config.devices * config.num_nodes
-    return processes > 1 and config.strategy != "ddp_spawn"
-
-
-def _launch(config: FitConfig) -> FitOutcome:
-    strategy = "ddp" if config.strategy == "auto" else config.strategy
-    config = config.model_copy(update={"strategy": strategy})
-    config_path = Path(config.checkpoint_dir) / "fit_config.json"
-    config_path.write_text(config.model_dump_json(indent=2))
-    env = os.environ
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={config.devices}",
-        f"--nnodes={config.num_nodes}",
-        f"--node-rank={env.get('NODE_RANK', '0')}",
-        f"--master-addr={env.get('MASTER_ADDR', '127.0.0.1')}",
-        f"--master-port={env.get('MASTER_PORT') or _free_port()}",
-        "-m",
-        "conveyor.training.fit",
-        str(config_path),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"distributed fit exited with {done.returncode}:\n{tail}")
-    return FitOutcome.model_validate_json(Path(config.outcome_path).read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @task(cache_policy=NO_CACHE)
@@ -164,7 +119,7 @@ def log_lightning_model(run_id: str, outcome: FitOutcome, data: DatasetRef) -> s
             model,
             name="model",
             input_example=example,
-            pip_requirements=_pinned("torch", "lightning"),
+            pip_requirements=_pinned("torch"),
             metadata={"features": data.features, "target": data.target},
         )
     return info.model_uri
@@ -174,7 +129,7 @@ def log_lightning_model(run_id: str, outcome: FitOutcome, data: DatasetRef) -> s
 def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: int) -> str:
     """Fit the forest pipeline on the training split, log validation/test metrics and the model."""
     frame = datasets.load(data.id, data.version or None)
-    train, val, test = split_frame(frame, data.target if task == "classification" else None, 0.15, 0.15, seed)
+    train, val, test = split_frame(frame, data.target if task == "classification" else None, seed)
     pipeline = build_pipeline(frame, data.features, task, seed=seed, **forest)
     pipeline.fit(train[data.features], train[data.target])
     metric: Metric = "accuracy" if task == "classification" else "rmse"
@@ -200,7 +155,7 @@ def promote(
     """Register the model and move `@champion` only if it beats the champion on the held-out split."""
     frame = datasets.load(data.id, data.version or None)
     stratify = data.target if data.classes else None
-    _, _, held_out = split_frame(frame, stratify, 0.15, 0.15, seed)
+    _, _, held_out = split_frame(frame, stratify, seed)
     return registry.register_and_promote(
         run_id=run_id,
         model_uri=model_uri,

@@ -1,4 +1,4 @@
-"""Images and compose offline: hadolint, non-root, health checks, pinned bases, secrets only from variables."""
+"""Images and compose offline: hadolint, non-root, health checks, pinned bases, secrets from variables."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ def test_model_routes_a_sample_of_the_labelled_set(settings):
     sample = CASES[::4]  # 16 messages from every agent; bench/bench_agents.py measures all of them
     routes = [router.route(c["message"]) for c in sample]
     assert all(r.agent in AGENTS and r.method in {"llm", "llm+keywords"} for r in routes)
+    assert all(r.model_choice in AGENTS for r in routes)
     accuracy = sum(r.agent == c["agent"] for r, c in zip(routes, sample, strict=True)) / len(sample)
     assert accuracy >= 0.6, [(c["message"], r.agent) for r, c in zip(routes, sample, strict=True)]
 

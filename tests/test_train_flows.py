@@ -1,7 +1,12 @@
 """The train-tabular and train-model flows end to end: tracking, registry, bad input, divergence, DDP."""
 
 import math
+import os
 import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ from flows.train_model import TrainModelParams, train_model
 from flows.train_tabular import ForestConfig, TrainTabularParams, train_tabular
 from tasks.training import checkpoint_dir
 
+REPO = Path(__file__).resolve().parent.parent
 TINY = {"epochs": 3, "batch_size": 64, "model": ModelConfig(hidden=16, layers=1)}
 
 
@@ -135,3 +141,31 @@ class TestTrainModel:
         assert len(tracking.client().search_runs([tracking.experiment_id("train-model")])) == mlflow_runs + 1
         assert epochs_logged(result.run_id, "val_loss") == [0, 1, 2]
         assert result.decision.promoted and result.metrics["val_accuracy"] > 0.8
+
+    def test_multi_node_ddp_with_a_worker_node_joining_on_localhost(self, monkeypatch):
+        rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flows.train_model", "--ddp-worker"],
+            env=os.environ | rendezvous | {"NODE_RANK": "1"}, cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for name, value in (rendezvous | {"NODE_RANK": "0"}).items():
+            monkeypatch.setenv(name, value)
+        mlflow_runs = len(tracking.client().search_runs([tracking.experiment_id("train-model")]))
+        try:
+            result = train_model(
+                TrainModelParams(model_name="mlp-nodes", num_nodes=2, devices=1, strategy="ddp", **TINY)
+            )
+            output, _ = worker.communicate(timeout=300)
+        finally:
+            worker.kill()
+        assert worker.returncode == 0, output[-2000:]
+        assert len(tracking.client().search_runs([tracking.experiment_id("train-model")])) == mlflow_runs + 1
+        assert epochs_logged(result.run_id, "val_loss") == [0, 1, 2]
+        assert result.decision.promoted
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -9,9 +9,15 @@ from torch.utils.data import DataLoader
 
 from conveyor.training.model import frame_to_dataset
 
+VAL_FRACTION = TEST_FRACTION = 0.15
+
 
 def split_frame(
-    frame: pd.DataFrame, target: str | None, val_fraction: float, test_fraction: float, seed: int
+    frame: pd.DataFrame,
+    target: str | None,
+    seed: int,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Deterministic train/validation/test split, stratified by `target` when given (classification)."""
     stratify = frame[target] if target else None
@@ -32,8 +38,8 @@ class TabularDataModule(L.LightningDataModule):
         target: str,
         features: list[str],
         batch_size: int = 64,
-        val_fraction: float = 0.15,
-        test_fraction: float = 0.15,
+        val_fraction: float = VAL_FRACTION,
+        test_fraction: float = TEST_FRACTION,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -45,7 +51,7 @@ class TabularDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         frame = pd.read_csv(hp.csv_path)
-        train, val, test = split_frame(frame, hp.target, hp.val_fraction, hp.test_fraction, hp.seed)
+        train, val, test = split_frame(frame, hp.target, hp.seed, hp.val_fraction, hp.test_fraction)
         self.splits = {"train": train, "val": val, "test": test}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
