@@ -63,7 +63,8 @@ def apply_crash_detection(api_url: str | None = None) -> str:
         name=CRASH_DETECTION,
         description=f"Mark a flow run Crashed after {HEARTBEAT_TIMEOUT.seconds} s without a heartbeat.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            # From Running on, so that a run killed before its first heartbeat reached the server is covered.
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *ends},
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},

@@ -28,6 +28,8 @@ from tasks.training import (
 )
 
 EXPERIMENT = "train-model"
+SHARED_WITH_FIT = {"model", "accelerator", "devices", "num_nodes", "strategy", "precision", "epochs", "batch_size",
+                   "patience", "seed"}  # fmt: skip
 
 
 class TrainModelParams(BaseModel):
@@ -79,20 +81,11 @@ def fit_config(params: TrainModelParams, data: DatasetRef, run_id: str) -> FitCo
     """The fit's full description, written where every rank (and a resumed run) can read it."""
     folder = checkpoint_dir(run_id)
     return FitConfig(
+        **params.model_dump(include=SHARED_WITH_FIT),
         csv_path=data.path,
         target=data.target,
         features=data.features,
         num_classes=data.classes or 2,
-        model=params.model,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        num_nodes=params.num_nodes,
-        strategy=params.strategy,
-        precision=params.precision,
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        patience=params.patience,
-        seed=params.seed,
         torch_threads=get_settings().torch_threads,
         tracking_uri=get_settings().tracking_uri,
         run_id=run_id,
