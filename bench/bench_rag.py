@@ -85,7 +85,8 @@ def build_debian(out: Path) -> None:
     found = sorted(lists.glob("*_debian_dists_*_main_i18n_Translation-en.lz4"))
     if not found:
         sys.exit("no Translation-en list: run `apt-get update -o Acquire::Languages=en` first")
-    items, judged = debian_descriptions(found[0], 3000, 300)
+    main_list = max(found, key=lambda path: path.stat().st_size)  # the release, not its small updates list
+    items, judged = debian_descriptions(main_list, 3000, 300)
     write_known_item(out, [item for item in items if item[2] in judged])
     with (out / "corpus.jsonl").open("w") as docs:  # all 3000 documents, only 300 of them judged
         for doc_id, _, body in items:
@@ -159,6 +160,12 @@ def bench_queries(domain: str, rounds: int = 200, callers: int = 16) -> None:
 
     sequential = [timed(queries[n % len(queries)]) for n in range(rounds)]
     print(f"query latency at {rows} chunks, 1 caller, k=10: {percentiles(sequential)}")
+    encode_only = []
+    for n in range(rounds):
+        started = time.perf_counter()
+        embed([queries[n % len(queries)]])
+        encode_only.append(time.perf_counter() - started)
+    print(f"  of which the query embedding alone: {percentiles(encode_only)}")
     errors = 0
     with ThreadPoolExecutor(max_workers=callers) as pool:
         futures = [pool.submit(timed, queries[n % len(queries)]) for n in range(rounds)]

@@ -28,8 +28,10 @@ from tasks.training import (
 )
 
 EXPERIMENT = "train-model"
-SHARED_WITH_FIT = {"model", "accelerator", "devices", "num_nodes", "strategy", "precision", "epochs", "batch_size",
-                   "patience", "seed"}  # fmt: skip
+SHARED_WITH_FIT = {
+    "model", "accelerator", "devices", "num_nodes", "strategy", "precision",
+    "epochs", "batch_size", "patience", "seed",
+}  # fmt: skip
 
 
 class TrainModelParams(BaseModel):

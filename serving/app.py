@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
+from agents.llm import get_llm, reset_llm
 from conveyor.settings import Settings, get_settings
 from serving import crud
 from serving.api.errors import add_error_handlers
@@ -51,6 +53,14 @@ def _configure_logging() -> None:
             logger.addHandler(handler)
 
 
+def _load_llm() -> None:
+    """Load the model once before serving, so concurrent first requests don't each start loading it."""
+    try:
+        get_llm()
+    except Exception as exc:  # the API still serves everything else; /ready reports the model
+        log.warning("the language model is not available: %s", exc)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
@@ -60,8 +70,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         admin = crud.ensure_first_admin(session, settings.admin_username, settings.initial_admin_password)
     if admin is not None:
         log.info("created the first admin user %r from settings", admin.username)
+    await anyio.to_thread.run_sync(_load_llm)
     yield
     engine.dispose()
+    reset_llm()  # free the model now: a llama.cpp model left to interpreter shutdown can hang the exit
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -42,7 +42,7 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # startup loads the LLM
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the API server did not start")

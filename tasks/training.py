@@ -24,7 +24,7 @@ from conveyor.training.evaluation import GREATER_IS_BETTER, Metric, model_scorer
 from conveyor.training.fit import LAST_CHECKPOINT_ARTIFACT, FitConfig, FitOutcome, fit
 from conveyor.training.launch import launch, needs_launcher
 from conveyor.training.model import TabularClassifier, feature_array
-from conveyor.training.tabular import build_pipeline
+from conveyor.training.tabular import SKOPS_TRUSTED_TYPES, build_pipeline
 from conveyor.training.validation import Task, check_training_frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +141,7 @@ def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: i
             pipeline,
             name="model",
             input_example=train[data.features].head(5),
-            serialization_format="cloudpickle",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pip_requirements=_pinned("scikit-learn", "pandas"),
             metadata={"features": data.features, "target": data.target},
         )

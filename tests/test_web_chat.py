@@ -63,6 +63,7 @@ def test_login_and_a_streamed_answer_with_its_agent(browser, api, output_dir):
     sign_in(browser, api, DEVELOPMENT_ADMIN_PASSWORD)
     WebDriverWait(browser, 60).until(expected_conditions.visibility_of_element_located((By.ID, "message")))
     assert browser.find_element(By.ID, "whoami").text == "admin"
+    assert not browser.find_element(By.ID, "login").is_displayed()
 
     browser.find_element(By.ID, "message").send_keys(QUESTION)
     browser.find_element(By.ID, "send-button").click()

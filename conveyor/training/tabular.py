@@ -10,6 +10,9 @@ from sklearn.preprocessing import OneHotEncoder
 
 from conveyor.training.validation import Task
 
+# The one type of this pipeline that skops (MLflow's safe sklearn format) does not trust by default.
+SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+
 
 def build_pipeline(
     frame: pd.DataFrame,

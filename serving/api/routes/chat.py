@@ -87,13 +87,13 @@ async def chat_stream(
     """Stream the answer: `meta`, then `token` events, then `final` (answer, agent, sources) or `error`."""
     conversation, history = await run_in_threadpool(_open, session, user, body)
     events = iterate_blocking(lambda: agent_chat.stream_reply(body.message, history), settings.llm_timeout_s)
-    first = await anext(events)  # an unavailable or silent model fails the request with 503/504 here
+    first = await anext(events, None)  # an unavailable or silent model fails the request with 503/504 here
 
     async def stream() -> AsyncIterator[bytes]:
         yield _sse("meta", {"conversation_id": conversation.id, "request_id": request.state.request_id})
         event = first
         try:
-            while True:
+            while event is not None:
                 if event.type == "token":
                     metrics.TOKENS_STREAMED.labels("/chat/stream").inc()
                     yield _sse("token", {"text": str(event.data)})
@@ -103,9 +103,7 @@ async def chat_stream(
                     yield _sse("final", {"conversation_id": conversation.id, **reply})
                 else:
                     yield _sse("error", {"detail": str(event.data)})
-                event = await anext(events)
-        except StopAsyncIteration:
-            return
+                event = await anext(events, None)
         except Exception as exc:  # headers are sent: report the failure as the stream's last event
             log.warning("chat stream %s failed: %s", request.state.request_id, type(exc).__name__)
             yield _sse("error", {"detail": _stream_failure(exc)})
