@@ -80,7 +80,7 @@ def load(name: str, clients: int, requests: int, send: Callable[[httpx.Client, i
 
 def ensure_domain(url: str, auth: dict[str, str]) -> None:
     """Index the repo's knowledge documents into the bench domain through the API (once)."""
-    if DOMAIN in httpx.get(f"{url}/rag/domains", headers=auth).json():
+    if DOMAIN in httpx.get(f"{url}/rag/domains", headers=auth, timeout=60).json():
         return
     folder = get_settings().data_dir / "knowledge"
     documents = [
@@ -95,7 +95,7 @@ def ensure_domain(url: str, auth: dict[str, str]) -> None:
     )
     started.raise_for_status()
     run_id = started.json()["run_id"]
-    while (run := httpx.get(f"{url}/runs/{run_id}", headers=auth).json())["state"] not in {
+    while (run := httpx.get(f"{url}/runs/{run_id}", headers=auth, timeout=60).json())["state"] not in {
         "COMPLETED",
         "FAILED",
         "CRASHED",

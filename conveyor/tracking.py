@@ -34,7 +34,9 @@ def check_reachable() -> str:
         client().search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types for a bad store
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(f"CONVEYOR_MLFLOW_TRACKING_URI={uri!r} is not reachable: {first_line}") from None
+        raise ConfigurationError(
+            f"CONVEYOR_MLFLOW_TRACKING_URI={uri!r} is not reachable: {first_line}"
+        ) from None
     return uri
 
 
@@ -65,7 +67,9 @@ def provenance_tags() -> dict[str, str]:
 @cache
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip()
@@ -73,7 +77,10 @@ def git_commit() -> str:
 
 @contextmanager
 def start_run(
-    experiment: str, run_name: str | None = None, tags: dict[str, Any] | None = None, run_id: str | None = None
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
     """An MLflow run in `experiment` (or the existing `run_id`, resumed), tagged with provenance;
     marked FAILED if the body raises."""
