@@ -73,9 +73,15 @@ def platform(options: PlatformOptions | None = None) -> PlatformSummary:
 
 def _describe(result: object) -> str:
     """A one-line account of a sub-flow's result (pydantic reports print their fields)."""
-    if isinstance(result, BaseModel):
-        return ", ".join(f"{k}={v}" for k, v in result.model_dump().items() if not isinstance(v, dict | list))
-    return str(result)
+    if not isinstance(result, BaseModel):
+        return str(result)
+    fields = {}
+    for key, value in result.model_dump().items():
+        if isinstance(value, dict):  # one nested level, e.g. a training result's promotion decision
+            fields |= {f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)}
+        elif not isinstance(value, list):
+            fields[key] = value
+    return ", ".join(f"{k}={v}" for k, v in fields.items())
 
 
 def _markdown(summary: PlatformSummary) -> str:
