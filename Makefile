@@ -3,17 +3,17 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES ?= chromium chromium-driver
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install system-deps run test up down bench lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
-	@echo "installing Conveyor into $(VENV) (first time: several minutes; llama-cpp-python compiles)"
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	@echo "installing Conveyor into $(VENV) (first time: several minutes; llama-cpp-python compiles); log: $(VENV)/install.log"
+	@{ $(BIN)/pip install torch==2.13.0 && $(BIN)/pip install -c constraints.txt -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
+	  || { tail -30 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

@@ -90,9 +90,9 @@ def ensure_domain(url: str, auth: dict[str, str]) -> None:
     ]
     if not documents:
         raise SystemExit(f"no documents under {folder}: run `python -m data.prepare` first")
-    started = httpx.post(
-        f"{url}/rag/documents", headers=auth, json={"domain": DOMAIN, "documents": documents}
-    )
+    # The first Prefect call may start a local Prefect server (no PREFECT_API_URL): allow for it.
+    body = {"domain": DOMAIN, "documents": documents}
+    started = httpx.post(f"{url}/rag/documents", headers=auth, json=body, timeout=300)
     started.raise_for_status()
     run_id = started.json()["run_id"]
     while (run := httpx.get(f"{url}/runs/{run_id}", headers=auth, timeout=60).json())["state"] not in {
