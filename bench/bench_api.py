@@ -131,16 +131,16 @@ def stream_figures(url: str, auth: dict[str, str], streams: int) -> None:
 
 
 def health_while_busy(url: str, auth: dict[str, str], model: str) -> None:
-    """/health latency while the model generates a long answer."""
-    body = {"model": model, "messages": [{"role": "user", "content": "Count to 100."}], "max_tokens": 200}
+    """/health latency while the model generates a long answer (polled until the answer is done)."""
+    prompt = "Write the numbers from 1 to 300 in words, separated by commas."
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 400}
     busy = threading.Thread(
         target=lambda: httpx.post(f"{url}/v1/chat/completions", headers=auth, json=body, timeout=600)
     )
     busy.start()
-    time.sleep(2)  # let generation start
     latencies = []
     with httpx.Client() as client:
-        while busy.is_alive() and len(latencies) < 200:
+        while busy.is_alive():
             started = time.perf_counter()
             client.get(f"{url}/health").raise_for_status()
             latencies.append(time.perf_counter() - started)
