@@ -1,0 +1,46 @@
+"""What every agent shares: a typed request, a typed result, and its entry in the registry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from agents.sandbox import Figure
+from conveyor.settings import get_settings
+
+
+class AgentRequest(BaseModel):
+    instruction: str = Field(min_length=1, max_length=20_000)
+    context: str = Field("", description="Outputs of earlier steps the agent may use.")
+
+
+class AgentResult(BaseModel):
+    agent: str
+    answer: str
+    ok: bool = True
+    sources: list[dict] = []
+    figures: list[str] = Field([], description="PNG files written by the agent's code.")
+    data: dict = Field({}, description="Computed values, code and other structured output.")
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    description: str
+    request: type[AgentRequest]
+    run: Callable[..., AgentResult]
+    streams: bool = False  # run() takes on_token= and reports tokens as they are generated
+
+    def __call__(self, instruction: str, context: str = "", **fields) -> AgentResult:
+        return self.run(self.request(instruction=instruction, context=context, **fields))
+
+
+def save_figures(figures: list[Figure]) -> list[str]:
+    """Keep sandbox figures as files under the state folder; returns their paths."""
+    folder = get_settings().state_dir / "agent-outputs" / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    return [str(figure.save(folder)) for figure in figures]

@@ -1,0 +1,122 @@
+"""Code agent: writes Python grounded on retrieved code examples, checks it parses, runs and repairs it."""
+
+from __future__ import annotations
+
+import logging
+
+from agents import memory
+from agents.base import Agent, AgentRequest, AgentResult, save_figures
+from agents.codegen import write_code
+from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find_dataset
+from agents.llm import LLMUnavailable
+from agents.sandbox import SandboxResult
+
+NAME = "code"
+CODE_DOMAIN = "python"
+log = logging.getLogger(__name__)
+SYSTEM = (
+    "You are a careful Python programmer. Write a complete, runnable script for the task using only the "
+    "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). Reply with one "
+    "```python block."
+)
+
+
+class CodeRequest(AgentRequest):
+    execute: bool = True
+    max_repairs: int = 2
+
+
+def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
+    """Passages from the code domain of the knowledge base, as prompt text and as sources."""
+    from conveyor import gateway
+
+    try:
+        passages = gateway.search(task, domains=[CODE_DOMAIN], k=k)
+    except Exception as exc:  # no code domain indexed yet: write code without examples
+        log.warning("no code examples retrieved: %s", exc)
+        return "", []
+    sources = [
+        {"n": i, "doc_id": p.doc_id, "domain": p.domain, "title": p.title, "text": p.text[:600]}
+        for i, p in enumerate(passages, start=1)
+    ]
+    text = "\n\n".join(f"Reference {s['n']} ({s['title'] or s['doc_id']}):\n{s['text']}" for s in sources)
+    return f"\n\nReference documentation:\n{text}", sources
+
+
+def shows_output(code: str, run: SandboxResult | None) -> str | None:
+    """A script that ran must show something: printed output, a result or a chart."""
+    if run is not None and not (run.stdout.strip() or run.result is not None or run.figures):
+        return "the script ran but printed nothing: call the code on an example and print the result"
+    return None
+
+
+def write(request: CodeRequest) -> AgentResult:
+    """Write code for the task; with `execute`, run it in the sandbox and repair it from its error."""
+    references, sources = reference_examples(request.instruction)
+    try:
+        dataset_id = find_dataset(f"{request.instruction}\n{request.context}")
+        files, data_note = (
+            dataset_files(dataset_id),
+            "\n\nData available in the current folder:\n" + describe_for_prompt(dataset_id),
+        )
+    except DatasetMissing:
+        files, data_note = {}, ""
+    context = f"\n\nEarlier results:\n{request.context[:1500]}" if request.context else ""
+    messages = [
+        {
+            "role": "system",
+            "content": SYSTEM + references[:2400] + memory.examples_for_prompt(NAME, request.instruction),
+        },
+        {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"},
+    ]
+    try:
+        attempt = write_code(
+            messages,
+            files=files,
+            execute=request.execute,
+            max_repairs=request.max_repairs,
+            check=shows_output,
+        )
+    except LLMUnavailable as exc:
+        return AgentResult(
+            agent=NAME,
+            answer=f"The language model is unavailable: {exc}",
+            ok=False,
+            error=str(exc),
+            sources=sources,
+        )
+    run = attempt.run
+    if attempt.ok:
+        status = "it ran in the sandbox and showed output" if run else "it parses"
+    else:
+        status = f"still failing: {attempt.errors[-1]}"
+    repairs = f" after {attempt.attempts - 1} repair(s)" if attempt.attempts > 1 else ""
+    return AgentResult(
+        agent=NAME,
+        ok=attempt.ok,
+        error=None if attempt.ok else attempt.errors[-1],
+        sources=sources,
+        answer=f"```python\n{attempt.code}\n```\n\nChecked: {status}{repairs}.",
+        figures=save_figures(run.figures) if run else [],
+        data={
+            "code": attempt.code,
+            "parses": attempt.parses,
+            "executed": run is not None,
+            "run_ok": bool(run and run.ok),
+            "attempts": attempt.attempts,
+            "errors": attempt.errors,
+            "stdout": run.stdout[:2000] if run else "",
+            "result": run.result if run else None,
+        },
+    )
+
+
+AGENT = Agent(
+    name=NAME,
+    description=(
+        "Writes or fixes program code: functions, scripts, regexes, classes, tests. "
+        "Example: 'Write a Python function that reverses a string'"
+    ),
+    request=CodeRequest,
+    run=write,
+)

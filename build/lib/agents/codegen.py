@@ -1,0 +1,83 @@
+"""Write code with the LLM, check it parses, run it in the sandbox and repair it from the error."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from agents.llm import get_llm
+from agents.sandbox import Limits, SandboxResult, run_code
+
+FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+class CodeAttempt(BaseModel):
+    code: str
+    parses: bool
+    run: SandboxResult | None = None
+    attempts: int = 1
+    errors: list[str] = []
+    ok: bool = False
+
+
+def extract_code(text: str) -> str:
+    """The first fenced block, or the whole reply when the model wrote bare code."""
+    blocks = FENCE.findall(text)
+    return (max(blocks, key=len) if blocks else text).strip()
+
+
+def syntax_error(code: str) -> str | None:
+    try:
+        ast.parse(code)
+    except SyntaxError as exc:
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    return None
+
+
+def write_code(
+    messages: list[dict],
+    files: dict[str, Path] | None = None,
+    execute: bool = True,
+    max_repairs: int = 2,
+    max_tokens: int = 400,
+    limits: Limits | None = None,
+    check: Callable[[str, SandboxResult | None], str | None] | None = None,
+) -> CodeAttempt:
+    """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix."""
+    llm = get_llm()
+    history = list(messages)
+    errors: list[str] = []
+    attempt = 0
+    while True:
+        attempt += 1
+        code = extract_code(llm.complete(history, max_tokens=max_tokens, temperature=0.1))
+        problem = syntax_error(code)
+        run = None
+        if problem is None and execute:
+            run = run_code(code, files=files, limits=limits)
+            problem = None if run.ok else run.failure()
+        if problem is None and check:
+            problem = check(code, run)
+        if problem:
+            errors.append(problem)
+        if problem is None or attempt > max_repairs:
+            return CodeAttempt(
+                code=code,
+                parses=syntax_error(code) is None,
+                run=run,
+                attempts=attempt,
+                errors=errors,
+                ok=problem is None,
+            )
+        history += [
+            {"role": "assistant", "content": f"```python\n{code}\n```"},
+            {
+                "role": "user",
+                "content": f"That code failed with: {problem[:600]}\n"
+                f"Return the whole corrected code in one ```python block.",
+            },
+        ]

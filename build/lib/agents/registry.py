@@ -1,0 +1,14 @@
+"""The agents a router or a plan can name."""
+
+from __future__ import annotations
+
+from agents import code, data, research, summary
+from agents.base import Agent
+
+AGENTS: dict[str, Agent] = {a.name: a for a in (research.AGENT, data.AGENT, code.AGENT, summary.AGENT)}
+
+
+def get_agent(name: str) -> Agent:
+    if name not in AGENTS:
+        raise KeyError(f"unknown agent {name!r} (known: {', '.join(AGENTS)})")
+    return AGENTS[name]

@@ -1,0 +1,123 @@
+"""Research agent: answers from the knowledge base with numbered citations that map to its sources."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from agents.base import Agent, AgentRequest, AgentResult
+from agents.llm import LLMUnavailable, get_llm
+
+NAME = "research"
+RELEVANCE_MIN = 0.3  # MiniLM cosine between question and passage below which a passage is off-topic
+ATTRIBUTION_MIN = 0.35
+CITATION = re.compile(r"\[(\d+)\]")
+NO_ANSWER = "I don't know: the knowledge base has nothing relevant to this question."
+SYSTEM = (
+    "You answer questions using only the numbered sources given. Cite the sources you use as [1], [2]. "
+    "If the sources do not contain the answer, say you don't know. Be brief."
+)
+
+
+class ResearchRequest(AgentRequest):
+    domains: list[str] | None = None
+    k: int = 4
+
+
+def _source(number: int, passage) -> dict:
+    fields = passage.model_dump() if hasattr(passage, "model_dump") else dict(vars(passage))
+    return {
+        "n": number,
+        "doc_id": fields.get("doc_id"),
+        "chunk_id": fields.get("chunk_id"),
+        "domain": fields.get("domain"),
+        "title": fields.get("title"),
+        "score": fields.get("score"),
+        "text": str(fields.get("text", ""))[:800],
+    }
+
+
+def relevant_sources(question: str, domains: list[str] | None, k: int) -> list[dict]:
+    """Retrieved passages that are about the question, numbered from 1."""
+    from conveyor import gateway
+    from conveyor.embeddings import embed
+
+    passages = gateway.search(question, domains=domains, k=k)
+    if not passages:
+        return []
+    vectors = embed([question, *[p.text for p in passages]])
+    similarity = vectors[1:] @ vectors[0]
+    kept = [p for p, s in zip(passages, similarity, strict=True) if s >= RELEVANCE_MIN]
+    return [_source(i, p) for i, p in enumerate(kept, start=1)]
+
+
+def attribute(answer: str, sources: list[dict]) -> str:
+    """Cite, after each uncited sentence, the source most similar to it (when similar enough)."""
+    from conveyor.embeddings import embed
+
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", answer.strip()) if s]
+    uncited = [i for i, s in enumerate(sentences) if not CITATION.search(s) and len(s.split()) > 3]
+    if not uncited or not sources:
+        return answer
+    vectors = embed([sentences[i] for i in uncited] + [s["text"] for s in sources])
+    scores = vectors[: len(uncited)] @ vectors[len(uncited) :].T
+    for row, index in enumerate(uncited):
+        best = int(np.argmax(scores[row]))
+        if scores[row, best] >= ATTRIBUTION_MIN:
+            sentence = sentences[index]
+            end = len(sentence.rstrip(".!?"))
+            sentences[index] = f"{sentence[:end]} [{sources[best]['n']}]{sentence[end:]}"
+    return " ".join(sentences)
+
+
+def citations(answer: str, sources: list[dict]) -> list[int]:
+    valid = {s["n"] for s in sources}
+    return sorted({int(n) for n in CITATION.findall(answer) if int(n) in valid})
+
+
+def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = None) -> AgentResult:
+    """Retrieve, then answer with citations; with nothing relevant say so; without an LLM return sources."""
+    try:
+        sources = relevant_sources(request.instruction, request.domains, request.k)
+    except Exception as exc:  # the gateway's store may be missing or broken: report, don't crash the chat
+        return AgentResult(agent=NAME, answer=f"Retrieval failed: {exc}", ok=False, error=str(exc))
+    if not sources:
+        return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": []})
+    numbered = "\n\n".join(f"[{s['n']}] {s['title'] or s['doc_id']}: {s['text']}" for s in sources)
+    context = f"\n\nEarlier results:\n{request.context[:2000]}" if request.context else ""
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"},
+    ]
+    try:
+        tokens = []
+        for token in get_llm().stream(messages, max_tokens=200, temperature=0.1):
+            tokens.append(token)
+            if on_token:
+                on_token(token)
+    except LLMUnavailable as exc:
+        return AgentResult(
+            agent=NAME,
+            ok=False,
+            error=str(exc),
+            sources=sources,
+            answer=f"The language model is unavailable ({exc}); the retrieved sources follow.",
+        )
+    text = attribute("".join(tokens), sources)
+    # Citations that name no source are removed rather than shown as dangling numbers.
+    text = CITATION.sub(lambda m: m.group(0) if int(m.group(1)) <= len(sources) else "", text)
+    return AgentResult(agent=NAME, answer=text, sources=sources, data={"citations": citations(text, sources)})
+
+
+AGENT = Agent(
+    name=NAME,
+    description=(
+        "Answers what/how/why questions about concepts, Python modules, Conveyor or the ML datasets' "
+        "documentation, from the knowledge base with citations. Example: 'What is a Prefect work pool?'"
+    ),
+    request=ResearchRequest,
+    run=answer,
+    streams=True,
+)

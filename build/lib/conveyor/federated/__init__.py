@@ -1,0 +1,1 @@
+"""Federated learning: a Flower app (ServerApp + ClientApp) and the local federation that runs it."""

@@ -1,0 +1,156 @@
+"""The one door to LanceDB: connections, one chunk table per knowledge domain, atomic updates, indexes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import cache
+
+import lancedb
+import pyarrow as pa
+from filelock import FileLock, Timeout
+from lancedb.index import FTS
+
+from conveyor.settings import get_settings
+
+DOMAIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+TABLE_PREFIX = "domain_"
+SEARCH_COLUMN = "search_text"
+PAYLOAD_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "title", "section", "text", "metadata"]
+
+
+class DomainBusyError(RuntimeError):
+    """Another run holds the domain's write lock."""
+
+
+@cache
+def _connect(uri: str) -> lancedb.DBConnection:
+    return lancedb.connect(uri)
+
+
+def connect() -> lancedb.DBConnection:
+    """A connection to the configured LanceDB (folder under the state folder by default)."""
+    return _connect(get_settings().knowledge_uri)
+
+
+def validate_domain(domain: str) -> str:
+    """The domain name if it is a safe word (lowercase letters, digits, '-' and '_'), else ValueError."""
+    if not isinstance(domain, str) or not DOMAIN_PATTERN.match(domain):
+        raise ValueError(f"invalid domain {domain!r}: use 1-64 lowercase letters, digits, '-' or '_'")
+    return domain
+
+
+def table_name(domain: str) -> str:
+    return TABLE_PREFIX + validate_domain(domain)
+
+
+def chunk_schema(dimensions: int) -> pa.Schema:
+    """Rows of a domain table: one per chunk, with its document's content hash and embedding."""
+    return pa.schema(
+        [
+            ("chunk_id", pa.string()),
+            ("doc_id", pa.string()),
+            ("chunk_index", pa.int32()),
+            ("title", pa.string()),
+            ("section", pa.string()),
+            ("text", pa.string()),
+            (SEARCH_COLUMN, pa.string()),
+            ("metadata", pa.string()),
+            ("content_hash", pa.string()),
+            ("vector", pa.list_(pa.float32(), dimensions)),
+        ]
+    )
+
+
+def list_domains() -> list[str]:
+    """Domains that have a table, sorted."""
+    names = connect().list_tables().tables
+    return sorted(n.removeprefix(TABLE_PREFIX) for n in names if n.startswith(TABLE_PREFIX))
+
+
+def open_domain(domain: str) -> lancedb.table.Table | None:
+    """The domain's table at its latest version, or None when the domain has never been indexed."""
+    name = table_name(domain)
+    if name not in connect().list_tables().tables:
+        return None
+    return connect().open_table(name)
+
+
+def drop_domain(domain: str) -> None:
+    """Delete a domain's table (no-op when it does not exist)."""
+    if open_domain(domain) is not None:
+        connect().drop_table(table_name(domain))
+
+
+@contextmanager
+def domain_lock(domain: str, timeout_s: float) -> Iterator[None]:
+    """Serialise writers of one domain across processes; DomainBusyError after `timeout_s`."""
+    folder = get_settings().state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / f"{table_name(domain)}.lock")
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise DomainBusyError(f"domain {domain!r} is being written by another run; retry later") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def document_hashes(domain: str) -> dict[str, str]:
+    """doc_id -> content hash of every document stored in the domain."""
+    table = open_domain(domain)
+    if table is None:
+        return {}
+    rows = table.to_lance().to_table(columns=["doc_id", "content_hash"])
+    return dict(zip(rows["doc_id"].to_pylist(), rows["content_hash"].to_pylist(), strict=True))
+
+
+def in_list(column: str, values: list[str]) -> str:
+    """A SQL filter `column IN (...)` with the values quoted."""
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+def apply_changes(
+    domain: str, rows: pa.Table | None, replace_doc_ids: list[str], delete_doc_ids: list[str]
+) -> int:
+    """Upsert `rows` and drop the old chunks of replaced and deleted documents in ONE commit, so a
+    crash leaves the previous version intact; returns the table version after the commit."""
+    table = open_domain(domain)
+    if table is None:
+        if rows is None:
+            return 0
+        return connect().create_table(table_name(domain), data=rows, schema=rows.schema).version
+    gone = sorted(set(replace_doc_ids) | set(delete_doc_ids))
+    if rows is not None and rows.num_rows:
+        merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+        if gone:
+            merge = merge.when_not_matched_by_source_delete(in_list("doc_id", gone))
+        merge.execute(rows)
+    elif gone:
+        table.delete(in_list("doc_id", gone))
+    return table.version
+
+
+def refresh_indexes(domain: str) -> dict[str, int]:
+    """Make every row full-text searchable (build or incrementally update the FTS index), compact,
+    drop versions older than a day; returns row, index coverage and version figures."""
+    table = open_domain(domain)
+    if table is None:
+        return {"rows": 0, "indexed_rows": 0, "unindexed_rows": 0, "version": 0}
+    index_name = f"{SEARCH_COLUMN}_idx"
+    if index_name not in {index.name for index in table.list_indices()}:
+        table.create_index(SEARCH_COLUMN, config=FTS(), name=index_name)
+    else:
+        table.optimize(cleanup_older_than=timedelta(days=1))
+    stats = table.index_stats(index_name)
+    return {
+        "rows": table.count_rows(),
+        "indexed_rows": stats.num_indexed_rows if stats else 0,
+        "unindexed_rows": stats.num_unindexed_rows if stats else table.count_rows(),
+        "version": table.version,
+    }

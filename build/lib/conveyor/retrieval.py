@@ -1,0 +1,130 @@
+"""Hybrid retrieval: chunk-level dense and BM25 candidates, best chunk per document (MaxP), score fusion,
+dense pseudo-relevance feedback (Rocchio on embeddings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from conveyor import knowledge
+
+Fusion = Literal["rrf", "convex"]
+
+
+@dataclass
+class Candidate:
+    """One document seen by a retriever side, represented by its best chunk on that side."""
+
+    domain: str
+    doc_id: str
+    score: float
+    row: dict = field(repr=False)
+
+
+def candidate_depth(k: int) -> int:
+    """Chunks fetched per side: enough for `k` distinct documents when documents span several chunks."""
+    return min(max(4 * k, 100), 1000)
+
+
+def _best_per_document(domain: str, rows: list[dict], scores: list[float]) -> list[Candidate]:
+    """MaxP: a document scores as its best chunk; returned best first."""
+    best: dict[str, Candidate] = {}
+    for row, score in zip(rows, scores, strict=True):
+        seen = best.get(row["doc_id"])
+        if seen is None or score > seen.score:
+            best[row["doc_id"]] = Candidate(domain, row["doc_id"], float(score), row)
+    return sorted(best.values(), key=lambda c: -c.score)
+
+
+def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[Candidate]:
+    """Documents by the cosine similarity of their best chunk to the query."""
+    table = knowledge.open_domain(domain)
+    if table is None:
+        return []
+    rows = (
+        table.search(query_vector, vector_column_name="vector")
+        .distance_type("cosine")
+        .select([*knowledge.PAYLOAD_COLUMNS, "_distance"])
+        .limit(depth)
+        .to_list()
+    )
+    return _best_per_document(domain, rows, [1.0 - row["_distance"] for row in rows])
+
+
+def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
+    """Documents by the BM25 score of their best chunk (LanceDB native full-text index)."""
+    table = knowledge.open_domain(domain)
+    if table is None:
+        return []
+    rows = (
+        table.search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
+        .select([*knowledge.PAYLOAD_COLUMNS, "_score"])
+        .limit(depth)
+        .to_list()
+    )
+    return _best_per_document(domain, rows, [row["_score"] for row in rows])
+
+
+def chunk_vectors(domain: str, chunk_ids: list[str]) -> np.ndarray:
+    """Stored embeddings of the given chunks of one domain (rows in no particular order)."""
+    table = knowledge.open_domain(domain)
+    if table is None or not chunk_ids:
+        return np.zeros((0, 0), dtype=np.float32)
+    rows = (
+        table.search()
+        .where(knowledge.in_list("chunk_id", chunk_ids))
+        .select(["vector"])
+        .limit(len(chunk_ids))
+        .to_arrow()
+    )
+    return np.asarray(rows["vector"].to_pylist(), dtype=np.float32)
+
+
+def rocchio(query_vector: np.ndarray, feedback: np.ndarray, weight: float) -> np.ndarray:
+    """Unit-normalised q + weight * mean(feedback): the query moved towards its top-ranked passages."""
+    moved = query_vector + weight * feedback.mean(axis=0)
+    return (moved / np.linalg.norm(moved)).astype(np.float32)
+
+
+def _key(candidate: Candidate) -> tuple[str, str]:
+    return candidate.domain, candidate.doc_id
+
+
+def rrf(rankings: list[list[Candidate]], k: int = 60) -> dict[tuple[str, str], float]:
+    """Reciprocal rank fusion (Cormack et al., 2009): sum of 1 / (k + rank)."""
+    fused: dict[tuple[str, str], float] = {}
+    for ranking in rankings:
+        for rank, candidate in enumerate(ranking, start=1):
+            fused[_key(candidate)] = fused.get(_key(candidate), 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def convex(rankings: list[list[Candidate]], weights: list[float]) -> dict[tuple[str, str], float]:
+    """Convex combination of min-max normalised scores (Bruch et al., 2023); unseen = 0 on that side."""
+    fused: dict[tuple[str, str], float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        if not ranking:
+            continue
+        scores = np.array([c.score for c in ranking])
+        low, span = scores.min(), scores.max() - scores.min()
+        for candidate, score in zip(ranking, scores, strict=True):
+            normalised = (score - low) / span if span > 0 else 1.0
+            fused[_key(candidate)] = fused.get(_key(candidate), 0.0) + weight * float(normalised)
+    return fused
+
+
+def fuse(
+    dense: list[Candidate], text: list[Candidate], fusion: Fusion = "rrf", dense_weight: float = 0.5
+) -> list[Candidate]:
+    """Documents ranked by fused score, each represented by its best dense chunk (else best text chunk)."""
+    if fusion == "rrf":
+        scores = rrf([dense, text])
+    else:
+        scores = convex([dense, text], [dense_weight, 1.0 - dense_weight])
+    representative = {_key(c): c for c in text} | {_key(c): c for c in dense}
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        Candidate(key[0], key[1], score, representative[key].row) for key, score in ranked
+    ]

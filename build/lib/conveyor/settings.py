@@ -1,0 +1,129 @@
+"""One configuration object for every layer, read from `CONVEYOR_*` variables (and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEVELOPMENT_SECRET = "development-only-secret-change-me"
+DEVELOPMENT_ADMIN_PASSWORD = "conveyor-dev"
+
+
+class ConfigurationError(RuntimeError):
+    """A setting, file or endpoint is wrong; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Conveyor settings; every field can be set as `CONVEYOR_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = Field(Path(".conveyor"), description="State folder for every local store.")
+    data_dir: Path = Field(Path("data"), description="Datasets and knowledge-base sources (DVC-tracked).")
+    benchmarks_dir: Path = Field(Path("../shared/benchmarks"), description="BEIR-layout IR collections.")
+
+    # Orchestration and tracking
+    prefect_api_url: str | None = Field(None, description="Prefect API; unset = local embedded server.")
+    prefect_port: int = 4200
+    mlflow_tracking_uri: str | None = Field(None, description="Unset = SQLite under the state folder.")
+    mlflow_port: int = 5000
+    work_pool: str = "local"
+
+    # Knowledge store and embeddings
+    lancedb_uri: str | None = Field(None, description="Unset = a LanceDB folder under the state folder.")
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="Packaged model name or a local path.")
+    embedding_batch_size: int = Field(64, ge=1)
+    torch_threads: int = Field(1, ge=1, description="Torch CPU threads per process.")
+    chunk_tokens: int = Field(128, ge=16, le=512, description="Chunk size in embedding-model tokens.")
+    chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks.")
+    max_document_bytes: int = Field(20_000_000, ge=1, description="Larger source files are skipped.")
+    index_lock_timeout_s: float = Field(600.0, ge=0, description="Wait for another run on the same domain.")
+    retrieval_fusion: Literal["rrf", "convex"] = Field("convex", description="How dense and BM25 lists merge.")
+    retrieval_feedback_docs: int = Field(3, ge=0, le=20, description="Top documents for dense PRF; 0 = off.")
+    retrieval_feedback_weight: float = Field(1.0, ge=0, description="Rocchio weight of the feedback centroid.")
+
+    # LLM
+    llm_backend: Literal["embedded", "openai"] = "embedded"
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for llm_backend=openai.")
+    llm_model: str = "qwen2.5-coder-0.5b-instruct"
+    llm_api_key: SecretStr | None = None
+    llm_threads: int = Field(1, ge=1)
+    llm_context: int = Field(4096, ge=512)
+    llm_timeout_s: float = Field(120.0, gt=0)
+
+    # Serving
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    database_url: str | None = Field(None, description="Users/conversations DB; unset = SQLite.")
+    secret_key: SecretStr = SecretStr(DEVELOPMENT_SECRET)
+    token_minutes: int = Field(30, ge=1)
+    admin_username: str = "admin"
+    admin_password: SecretStr | None = None
+    api_rate_limit_per_minute: int = Field(120, ge=1, description="Authenticated API requests per user.")
+    api_max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
+    api_max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest CSV upload to /datasets.")
+
+    @model_validator(mode="after")
+    def _no_default_secrets_outside_development(self) -> Settings:
+        if self.environment != "development":
+            if self.secret_key.get_secret_value() == DEVELOPMENT_SECRET:
+                raise ValueError("CONVEYOR_SECRET_KEY must be set outside development")
+            if self.admin_password and self.admin_password.get_secret_value() == DEVELOPMENT_ADMIN_PASSWORD:
+                raise ValueError("CONVEYOR_ADMIN_PASSWORD must not be the development password")
+        return self
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.state_dir / "mlartifacts"
+
+    @property
+    def knowledge_uri(self) -> str:
+        return self.lancedb_uri or str(self.state_dir / "lancedb")
+
+    @property
+    def sql_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.state_dir / 'conveyor.db'}"
+
+    @property
+    def initial_admin_password(self) -> str | None:
+        """The first admin's password: from settings, or a known one in development only."""
+        if self.admin_password:
+            return self.admin_password.get_secret_value()
+        return DEVELOPMENT_ADMIN_PASSWORD if self.environment == "development" else None
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; raises ConfigurationError naming the bad setting."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CONVEYOR_{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests change the environment)."""
+    get_settings.cache_clear()

@@ -1,0 +1,1 @@
+"""Training building blocks: the Lightning model and data, the scikit-learn pipeline, data validation."""

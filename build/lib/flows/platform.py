@@ -1,0 +1,118 @@
+"""Flow `platform`: the end-to-end run behind `make run` (data, knowledge, retrieval, training, agents)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from conveyor import tracking
+from conveyor.settings import ConfigurationError, get_settings
+from flows.evaluate_retrieval import evaluate_retrieval
+from flows.index_documents import index_documents
+from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
+from flows.train_model import train_model
+from flows.train_tabular import train_tabular
+from tasks.data_prep import prepare_data
+
+class PlatformOptions(BaseModel):
+    """What the end-to-end run covers."""
+
+    benchmark: str | None = "cranfield"
+    train: bool = True
+    agent_task: str | None = EXAMPLE_TASK
+
+
+class PlatformSummary(BaseModel):
+    data_reused: bool
+    indexed: dict[str, str]
+    retrieval: dict[str, float]
+    trained: dict[str, str]
+    agent_report: str | None
+
+
+@flow(name="platform", log_prints=True)
+def platform(options: PlatformOptions | None = None) -> PlatformSummary:
+    """Prepare data, index every knowledge domain, evaluate retrieval, train and register, run an agent task."""
+    options = options or PlatformOptions()
+    settings = get_settings()
+    logger = get_run_logger()
+    logger.info("MLflow tracking at %s", tracking.check_reachable())
+
+    data = prepare_data(settings.data_dir)
+    indexed = {
+        folder.name: index_documents(domain=folder.name, source=str(folder))
+        for folder in sorted(Path(data.knowledge_dir).iterdir())
+        if folder.is_dir()
+    }
+    retrieval = {}
+    if options.benchmark:
+        beir_dir = settings.benchmarks_dir / options.benchmark
+        if not (beir_dir / "corpus.jsonl").is_file():
+            raise ConfigurationError(f"benchmark {beir_dir} has no corpus.jsonl (CONVEYOR_BENCHMARKS_DIR)")
+        retrieval = evaluate_retrieval(beir_dir=str(beir_dir))
+    trained = {}
+    if options.train:
+        trained["train-tabular"] = train_tabular()
+        trained["train-model"] = train_model()
+    agent_report = run_agent_task(task=options.agent_task) if options.agent_task else None
+
+    summary = PlatformSummary(
+        data_reused=data.reused,
+        indexed={domain: _describe(report) for domain, report in indexed.items()},
+        retrieval={k: float(v) for k, v in retrieval.items() if isinstance(v, int | float)},
+        trained={name: _describe(result) for name, result in trained.items()},
+        agent_report=_describe(agent_report) if agent_report is not None else None,
+    )
+    create_markdown_artifact(key="platform-summary", markdown=_markdown(summary), description="make run")
+    return summary
+
+
+def _describe(result: object) -> str:
+    """A one-line account of a sub-flow's result (pydantic reports print their fields)."""
+    if not isinstance(result, BaseModel):
+        return str(result)
+    fields = {}
+    for key, value in result.model_dump().items():
+        if isinstance(value, dict):  # one nested level, e.g. a training result's promotion decision
+            fields |= {f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)}
+        elif not isinstance(value, list):
+            fields[key] = value
+    return ", ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _markdown(summary: PlatformSummary) -> str:
+    lines = ["# Conveyor platform run", "", f"- data: {'reused (DVC)' if summary.data_reused else 'rebuilt'}"]
+    lines += [f"- index `{domain}`: {report}" for domain, report in summary.indexed.items()]
+    lines += [f"- retrieval {metric}: {value:.4f}" for metric, value in summary.retrieval.items()]
+    lines += [f"- {name}: {result}" for name, result in summary.trained.items()]
+    if summary.agent_report:
+        lines.append(f"- agent task: {summary.agent_report}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    settings_error = None
+    try:
+        summary = platform()
+    except ConfigurationError as exc:
+        settings_error = exc
+    if settings_error is not None:
+        print(f"conveyor: {settings_error}", file=sys.stderr)
+        raise SystemExit(2)
+    settings = get_settings()
+    print(_markdown(summary))
+    print(
+        "\nWhere to look:\n"
+        f"  state folder   {settings.state_dir}\n"
+        f"  Prefect UI     make up, then http://127.0.0.1:{settings.prefect_port}/runs (flow runs, artifacts)\n"
+        f"  MLflow UI      make up, then http://127.0.0.1:{settings.mlflow_port} (experiments, registry)\n"
+        f"  chat API       make up, then http://{settings.api_host}:{settings.api_port}/ (docs at /docs)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Flow `train-tabular`: a scikit-learn forest on a catalog CSV, tracked, registered, promoted when better.
+
+Run locally: `python -m flows.train_tabular --dataset breast_cancer --target malignant`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from conveyor import tracking
+from conveyor.registry import PromotionDecision
+from conveyor.training.validation import Task
+from tasks.training import check_dataset, fit_tabular, log_training_inputs, promote
+
+EXPERIMENT = "train-tabular"
+
+
+class ForestConfig(BaseModel):
+    n_estimators: int = Field(100, ge=1)
+    max_depth: int | None = Field(None, ge=1)
+    min_samples_leaf: int = Field(1, ge=1)
+
+
+class TrainTabularParams(BaseModel):
+    """Parameters of `train-tabular` (also the deployment's parameter schema)."""
+
+    dataset: str = Field("breast_cancer", description="Catalog dataset id: built-in or uploaded CSV.")
+    target: str = Field("malignant", description="Column to predict.")
+    task: Task = "classification"
+    features: list[str] | None = Field(None, description="Feature columns; default all but the target.")
+    model_name: str | None = Field(None, description="Registered model name; default '<dataset>-forest'.")
+    forest: ForestConfig = ForestConfig()
+    seed: int = Field(0, description="Split and forest seed; keep it fixed per model name.")
+
+    @property
+    def registered_name(self) -> str:
+        return self.model_name or f"{self.dataset.replace('_', '-')}-forest"
+
+
+class TabularResult(BaseModel):
+    run_id: str
+    model_uri: str
+    decision: PromotionDecision
+
+
+@flow(name="train-tabular", log_prints=True)
+def train_tabular(params: TrainTabularParams | None = None) -> TabularResult:
+    """Check the CSV, fit the forest, log it with its metrics, register and promote it."""
+    params = params or TrainTabularParams()
+    data = check_dataset(params.dataset, params.target, params.features, params.task)
+    with tracking.start_run(EXPERIMENT, tags=data.tags()) as run:
+        run_id = run.info.run_id
+        log_training_inputs(run_id, params.model_dump(), data)
+        model_uri = fit_tabular(run_id, data, params.task, params.forest.model_dump(), params.seed)
+        metric = "accuracy" if params.task == "classification" else "rmse"
+        decision = promote(run_id, model_uri, params.registered_name, data, metric, params.seed)
+    return TabularResult(run_id=run_id, model_uri=model_uri, decision=decision)
+
+
+def main(argv: list[str] | None = None) -> TabularResult:
+    parser = argparse.ArgumentParser(description="Run the train-tabular flow once.")
+    parser.add_argument("--dataset", default="breast_cancer")
+    parser.add_argument("--target", default="malignant")
+    parser.add_argument("--task", choices=["classification", "regression"], default="classification")
+    parser.add_argument("--model-name")
+    parser.add_argument("--n-estimators", type=int, default=100)
+    args = parser.parse_args(argv)
+    result = train_tabular(
+        TrainTabularParams(
+            dataset=args.dataset,
+            target=args.target,
+            task=args.task,
+            model_name=args.model_name,
+            forest=ForestConfig(n_estimators=args.n_estimators),
+        )
+    )
+    print(result.model_dump_json(indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

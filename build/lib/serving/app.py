@@ -1,0 +1,110 @@
+"""The chat API: FastAPI app wiring settings, database, middleware, error mapping and one router per resource.
+
+Run: `uvicorn serving.app:app --host 127.0.0.1 --port 8000` (or `make up`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
+from agents.llm import get_llm, reset_llm
+from conveyor.settings import Settings, get_settings
+from serving import crud
+from serving.api.errors import add_error_handlers
+from serving.api.routes import (
+    auth,
+    chat,
+    conversations,
+    datasets,
+    flows,
+    health,
+    models,
+    openai,
+    rag,
+    runs,
+    users,
+)
+from serving.champions import ChampionCache
+from serving.core.middleware import RequestMiddleware
+from serving.core.ratelimit import RateLimiter
+from serving.db import make_engine, make_sessionmaker
+
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("conveyor.api")
+
+
+def _configure_logging() -> None:
+    """Access and API logs as lines on stderr, unless the host process configured logging."""
+    for name in ("conveyor.access", "conveyor.api"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            logger.addHandler(handler)
+
+
+def _load_llm() -> None:
+    """Load the model once before serving, so concurrent first requests don't each start loading it."""
+    try:
+        get_llm()
+    except Exception as exc:  # the API still serves everything else; /ready reports the model
+        log.warning("the language model is not available: %s", exc)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = make_engine(settings.sql_url)
+    app.state.sessionmaker = make_sessionmaker(engine)
+    with app.state.sessionmaker() as session:
+        admin = crud.ensure_first_admin(session, settings.admin_username, settings.initial_admin_password)
+    if admin is not None:
+        log.info("created the first admin user %r from settings", admin.username)
+    await anyio.to_thread.run_sync(_load_llm)
+    yield
+    engine.dispose()
+    reset_llm()  # free the model now: a llama.cpp model left to interpreter shutdown can hang the exit
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app on `settings` (the process settings by default)."""
+    settings = settings or get_settings()
+    _configure_logging()
+    app = FastAPI(
+        title="Conveyor chat API",
+        version="0.1.0",
+        description="Agents, retrieval, datasets, models and flow runs of the Conveyor platform.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_minute)
+    app.state.champions = ChampionCache()
+    app.add_middleware(
+        RequestMiddleware,
+        max_body_bytes=settings.api_max_body_bytes,
+        max_upload_bytes=settings.api_max_upload_bytes,
+        upload_paths=("/datasets",),
+    )
+    add_error_handlers(app)
+    for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def chat_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+app = create_app()

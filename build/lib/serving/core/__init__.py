@@ -1,0 +1,1 @@
+"""Cross-cutting pieces of the API: security, metrics, rate limits, request middleware."""

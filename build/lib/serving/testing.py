@@ -1,0 +1,115 @@
+"""Serve the API on a free local port for tests and benchmarks: in a thread, or as a uvicorn process."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ThreadedServer:
+    """`app` served by uvicorn in a background thread of this process (shares its loaded models)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        # A copied context keeps the caller's Prefect settings (test harness API URL) in the server thread.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._server.run,), daemon=True
+        )
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        deadline = time.monotonic() + 300  # startup loads the LLM
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+class ProcessServer:
+    """`uvicorn serving.app:app` as a child process with extra environment; stopped on exit."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, startup_timeout_s: float = 120) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._env = os.environ | env
+        self._log_path = log_path
+        self._timeout = startup_timeout_s
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ProcessServer:
+        command = [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--no-access-log"]  # fmt: skip
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, cwd=REPO, env=self._env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self._timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"the API process exited; see {self._log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.__exit__()
+        raise RuntimeError(f"the API process did not answer /health; see {self._log_path}")
+
+    def __exit__(self, *_) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+def login(url: str, username: str, password: str) -> dict[str, str]:
+    """Authorization headers for `username`."""
+    response = httpx.post(f"{url}/auth/token", data={"username": username, "password": password}, timeout=30)
+    response.raise_for_status()
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event, JSON data) pairs from the lines of a text/event-stream body (`[DONE]` comes as a string)."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line and data:
+            text = "\n".join(data)
+            yield event, text if text == "[DONE]" else json.loads(text)
+            event, data = "message", []

@@ -1,0 +1,46 @@
+"""Dataset preparation through DVC: rebuilds `data/` only when its inputs changed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+from pydantic import BaseModel
+
+from conveyor.settings import ConfigurationError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class PreparedData(BaseModel):
+    stage: str
+    reused: bool
+    knowledge_dir: str
+    tabular_dir: str
+
+
+@task(name="prepare-data", cache_policy=NONE, retries=0)
+def prepare_data(data_dir: Path, stage: str = "prepare-data") -> PreparedData:
+    """Run the DVC stage that builds the datasets; DVC skips it when nothing it depends on changed."""
+    logger = get_run_logger()
+    if (REPO / "dvc.yaml").is_file() and (REPO / ".dvc").is_dir() and data_dir.resolve() == REPO / "data":
+        command = [sys.executable, "-m", "dvc", "repro", stage]
+    else:  # a data folder outside the repo (tests, custom CONVEYOR_DATA_DIR): build it directly
+        command = [sys.executable, str(REPO / "data" / "prepare.py"), "--out", str(data_dir)]
+    # DVC stages call `python`: make it this environment's interpreter.
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise ConfigurationError(f"preparing data failed ({' '.join(command[1:])}): {done.stderr.strip()[-800:]}")
+    reused = "didn't change, skipping" in done.stdout or "up to date" in done.stdout
+    logger.info("data %s (%s)", "unchanged: DVC reused it" if reused else "rebuilt", " ".join(command[2:]))
+    for needed in (data_dir / "knowledge", data_dir / "tabular"):
+        if not needed.is_dir():
+            raise ConfigurationError(f"missing data folder {needed} after `{' '.join(command[1:])}`")
+    return PreparedData(
+        stage=stage, reused=reused, knowledge_dir=str(data_dir / "knowledge"), tabular_dir=str(data_dir / "tabular")
+    )

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Build and run Conveyor's images offline: a private dockerd, a Debian base from mmdebstrap, host-built wheels.
+#
+#   deployments/docker/build.sh start     start dockerd (root) with its state in .conveyor/docker
+#   deployments/docker/build.sh wheels    wheels of every pinned dependency into deployments/docker/wheels
+#   deployments/docker/build.sh base      conveyor-base:bookworm (mmdebstrap minbase + python3, docker import)
+#   deployments/docker/build.sh images    conveyor-flows and conveyor-api from the Dockerfile on that base
+#   deployments/docker/build.sh stop      stop that dockerd
+#   deployments/docker/build.sh all       start, wheels, base, images (the daemon is left running)
+# Clients use DOCKER_HOST=unix://$STATE/docker.sock (printed by `start`).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=${CONVEYOR_DOCKER_STATE:-$REPO/.conveyor/docker}
+DOCKER=/usr/bin/docker  # Debian's client with buildx; another `docker` on PATH may lack it
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")
+BASE_IMAGE=conveyor-base:bookworm
+WHEELS=$REPO/deployments/docker/wheels
+export DOCKER_HOST=unix://$STATE/docker.sock
+
+log() { printf '%s %s\n' "$(date +%T)" "$*" >&2; }
+
+start() {
+  mkdir -p "$STATE"
+  if $DOCKER info >/dev/null 2>&1; then log "dockerd already answers on $DOCKER_HOST"; return; fi
+  [ "$(id -u)" = 0 ] || { echo "dockerd needs root (run this as root)" >&2; exit 1; }
+  dockerd --data-root "$STATE/data" --exec-root "$STATE/exec" -H "$DOCKER_HOST" \
+    --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
+  for _ in $(seq 60); do
+    $DOCKER info >/dev/null 2>&1 && { log "dockerd up: export DOCKER_HOST=$DOCKER_HOST"; return; }
+    sleep 1
+  done
+  tail -20 "$STATE/dockerd.log" >&2; echo "dockerd did not start; log: $STATE/dockerd.log" >&2; exit 1
+}
+
+stop() {
+  local pid
+  pid=$(cat "$STATE/dockerd.pid" 2>/dev/null) || { log "no dockerd pid file"; return; }
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || { log "dockerd stopped"; return; }; sleep 1; done
+  echo "dockerd ($pid) still running after 30 s" >&2; exit 1
+}
+
+wheels() {
+  # Same pins as the venv (constraints.txt); llama-cpp-python comes from pip's cache of the local build.
+  log "wheels -> $WHEELS"
+  "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" -c "$REPO/constraints.txt" \
+    torch=="$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' "$REPO/pyproject.toml")" setuptools wheel "$REPO" \
+    2> >(grep -v "is ignored: it is neither" >&2)
+  rm -f "$WHEELS"/conveyor-*.whl  # the image installs the source tree itself
+}
+
+base() {
+  if $DOCKER image inspect "$BASE_IMAGE" >/dev/null 2>&1; then log "$BASE_IMAGE exists"; return; fi
+  log "mmdebstrap bookworm -> $BASE_IMAGE"
+  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$STATE/base.tar"
+  $DOCKER import "$STATE/base.tar" "$BASE_IMAGE"
+  rm -f "$STATE/base.tar"
+}
+
+images() {
+  ls "$WHEELS"/torch-*.whl >/dev/null 2>&1 || wheels
+  for target in flows api; do
+    log "building conveyor-$target:$VERSION"
+    DOCKER_BUILDKIT=1 $DOCKER build --quiet -f "$REPO/deployments/docker/Dockerfile" \
+      --build-arg BASE="$BASE_IMAGE" --target "$target" -t "conveyor-$target:$VERSION" "$REPO" >/dev/null
+  done
+  $DOCKER image ls --filter reference='conveyor-*' >&2
+}
+
+case "${1:-all}" in
+  start) start ;;
+  stop) stop ;;
+  wheels) wheels ;;
+  base) base ;;
+  images) images ;;
+  all) start; wheels; base; images ;;
+  *) echo "usage: $0 [start|wheels|base|images|stop|all]" >&2; exit 2 ;;
+esac
