@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -113,6 +114,8 @@ class EmbeddedLLM:
             n_threads_batch=settings.llm_threads,
             verbose=False,
         )
+        # Free llama.cpp before interpreter shutdown: a model still alive then can hang in Llama.__del__.
+        atexit.register(self._llama.close)
 
     @contextmanager
     def _turn(self) -> Iterator[float]:
@@ -251,10 +254,14 @@ def _backend(kind: str, base_url: str | None) -> LLM:
     return EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM()
 
 
+_backend_lock = threading.Lock()
+
+
 def get_llm() -> LLM:
     """The configured backend, created once per process and configuration (the embedded model loads once)."""
     settings = get_settings()
-    return _backend(settings.llm_backend, settings.llm_base_url)
+    with _backend_lock:  # two first calls at once must not load the model twice
+        return _backend(settings.llm_backend, settings.llm_base_url)
 
 
 def reset_llm() -> None:

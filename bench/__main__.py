@@ -7,8 +7,8 @@ import pkgutil
 import sys
 import time
 
-import conveyor  # noqa: F401  (offline/telemetry switches)
 import bench
+import conveyor  # noqa: F401  (offline/telemetry switches)
 
 
 def main(selected: list[str]) -> None:

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="validate settings and reach the stores").set_defaults(handler=_check)
-    commands.add_parser("up", help="start Prefect server + worker, MLflow server, chat API").set_defaults(handler=_up)
+    commands.add_parser("up", help="start Prefect server + worker, MLflow server, chat API").set_defaults(
+        handler=_up
+    )
     commands.add_parser("down", help="stop what `up` started").set_defaults(handler=_down)
     args = parser.parse_args(argv)
     try:

@@ -71,7 +71,9 @@ def dataset_path(dataset_id: str, version: int | None = None) -> Path:
     builtin = _builtin_dir() / f"{stem}.csv"
     if builtin.is_file():
         return builtin
-    raise DatasetNotFound(f"no dataset {stem!r} (known: {', '.join(d.id for d in list_datasets()) or 'none'})")
+    raise DatasetNotFound(
+        f"no dataset {stem!r} (known: {', '.join(d.id for d in list_datasets()) or 'none'})"
+    )
 
 
 def load(dataset_id: str, version: int | None = None) -> pd.DataFrame:
@@ -106,10 +108,14 @@ def summary(dataset_id: str, version: int | None = None) -> dict:
     columns = {}
     for name in frame.columns:
         series = frame[name]
-        stats = series.describe().to_dict() if series.dtype.kind in "iuf" else {
-            "unique": int(series.nunique()),
-            "top": None if series.dropna().empty else str(series.mode().iloc[0]),
-        }
+        stats = (
+            series.describe().to_dict()
+            if series.dtype.kind in "iuf"
+            else {
+                "unique": int(series.nunique()),
+                "top": None if series.dropna().empty else str(series.mode().iloc[0]),
+            }
+        )
         columns[str(name)] = {
             "dtype": str(series.dtype),
             "missing": int(series.isna().sum()),

@@ -43,9 +43,13 @@ class Settings(BaseSettings):
     chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks.")
     max_document_bytes: int = Field(20_000_000, ge=1, description="Larger source files are skipped.")
     index_lock_timeout_s: float = Field(600.0, ge=0, description="Wait for another run on the same domain.")
-    retrieval_fusion: Literal["rrf", "convex"] = Field("convex", description="How dense and BM25 lists merge.")
+    retrieval_fusion: Literal["rrf", "convex"] = Field(
+        "convex", description="How dense and BM25 lists merge."
+    )
     retrieval_feedback_docs: int = Field(3, ge=0, le=20, description="Top documents for dense PRF; 0 = off.")
-    retrieval_feedback_weight: float = Field(1.0, ge=0, description="Rocchio weight of the feedback centroid.")
+    retrieval_feedback_weight: float = Field(
+        1.0, ge=0, description="Rocchio weight of the feedback centroid."
+    )
 
     # LLM
     llm_backend: Literal["embedded", "openai"] = "embedded"

@@ -83,7 +83,8 @@ def services(settings: Settings) -> list[Service]:
     if (REPO / "serving" / "app.py").exists():
         stack.append(Service(
             "chat-api",
-            [_bin("uvicorn"), "serving.app:app", "--host", settings.api_host, "--port", str(api_port)],
+            [_bin("uvicorn"), "serving.app:app", "--host", settings.api_host, "--port", str(api_port),
+             "--no-access-log"],
             api_port, "CONVEYOR_API_PORT", f"http://{settings.api_host}:{api_port}/health",
             ready_timeout_s=120,
         ))

@@ -25,22 +25,59 @@ from sklearn import datasets as sk_datasets
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_DOCS = ["README.md", "docs"]
 PYTHON_REFERENCE = [
-    "json", "csv", "pathlib", "collections", "itertools", "functools", "re", "datetime", "statistics",
-    "random", "math", "string", "textwrap", "argparse", "logging", "dataclasses", "subprocess", "shutil",
-    "glob", "heapq", "bisect", "sqlite3", "hashlib", "zipfile", "tempfile",
+    "json",
+    "csv",
+    "pathlib",
+    "collections",
+    "itertools",
+    "functools",
+    "re",
+    "datetime",
+    "statistics",
+    "random",
+    "math",
+    "string",
+    "textwrap",
+    "argparse",
+    "logging",
+    "dataclasses",
+    "subprocess",
+    "shutil",
+    "glob",
+    "heapq",
+    "bisect",
+    "sqlite3",
+    "hashlib",
+    "zipfile",
+    "tempfile",
 ]
 PANDAS_REFERENCE = [
-    "pandas.read_csv", "pandas.DataFrame.groupby", "pandas.DataFrame.agg", "pandas.DataFrame.pivot_table",
-    "pandas.DataFrame.describe", "pandas.DataFrame.sort_values", "pandas.DataFrame.merge",
-    "pandas.DataFrame.resample", "pandas.DataFrame.plot", "pandas.Series.value_counts",
-    "pandas.to_datetime", "pandas.DataFrame.fillna", "pandas.DataFrame.rolling", "matplotlib.pyplot.savefig",
+    "pandas.read_csv",
+    "pandas.DataFrame.groupby",
+    "pandas.DataFrame.agg",
+    "pandas.DataFrame.pivot_table",
+    "pandas.DataFrame.describe",
+    "pandas.DataFrame.sort_values",
+    "pandas.DataFrame.merge",
+    "pandas.DataFrame.resample",
+    "pandas.DataFrame.plot",
+    "pandas.Series.value_counts",
+    "pandas.to_datetime",
+    "pandas.DataFrame.fillna",
+    "pandas.DataFrame.rolling",
+    "matplotlib.pyplot.savefig",
 ]
 SKLEARN_DATASETS = ["load_iris", "load_wine", "load_breast_cancer", "load_diabetes", "load_digits"]
 REGIONS = ["North", "South", "East", "West"]
 PRODUCTS = {
-    "Laptop": ("Electronics", 950.0), "Headphones": ("Electronics", 120.0), "Monitor": ("Electronics", 240.0),
-    "Desk": ("Furniture", 310.0), "Chair": ("Furniture", 180.0), "Notebook": ("Office", 4.5),
-    "Pen set": ("Office", 12.0), "Printer paper": ("Office", 28.0),
+    "Laptop": ("Electronics", 950.0),
+    "Headphones": ("Electronics", 120.0),
+    "Monitor": ("Electronics", 240.0),
+    "Desk": ("Furniture", 310.0),
+    "Chair": ("Furniture", 180.0),
+    "Notebook": ("Office", 4.5),
+    "Pen set": ("Office", 12.0),
+    "Printer paper": ("Office", 28.0),
 }
 
 
@@ -84,12 +121,14 @@ def make_sales(seed: int = 2024, days: int = 366) -> pd.DataFrame:
             for product, (category, price) in PRODUCTS.items():
                 if rng.random() < 0.55:
                     continue
-                mean_units = (3 + 2 * region_index) * season * weekend * (40 / (price ** 0.5))
+                mean_units = (3 + 2 * region_index) * season * weekend * (40 / (price**0.5))
                 units = int(rng.poisson(max(mean_units, 0.5))) + 1
                 unit_price = round(price * rng.uniform(0.9, 1.1), 2)
                 channel = "online" if rng.random() < 0.45 else "store"
                 rows.append((date.date().isoformat(), region, product, category, channel, units, unit_price))
-    frame = pd.DataFrame(rows, columns=["date", "region", "product", "category", "channel", "units", "unit_price"])
+    frame = pd.DataFrame(
+        rows, columns=["date", "region", "product", "category", "channel", "units", "unit_price"]
+    )
     frame["revenue"] = (frame["units"] * frame["unit_price"]).round(2)
     return frame
 
@@ -113,7 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     tabular.mkdir(parents=True)
     make_sales().to_csv(tabular / "sales_2024.csv", index=False)
     export_breast_cancer().to_csv(tabular / "breast_cancer.csv", index=False)
-    print(f"prepared {sum(1 for p in knowledge.rglob('*') if p.is_file())} documents and 2 tables under {args.out}")
+    documents = sum(1 for p in knowledge.rglob("*") if p.is_file())
+    print(f"prepared {documents} documents and 2 tables under {args.out}")
 
 
 if __name__ == "__main__":

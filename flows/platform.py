@@ -18,6 +18,7 @@ from flows.train_model import train_model
 from flows.train_tabular import train_tabular
 from tasks.data_prep import prepare_data
 
+
 class PlatformOptions(BaseModel):
     """What the end-to-end run covers."""
 
@@ -36,7 +37,7 @@ class PlatformSummary(BaseModel):
 
 @flow(name="platform", log_prints=True)
 def platform(options: PlatformOptions | None = None) -> PlatformSummary:
-    """Prepare data, index every knowledge domain, evaluate retrieval, train and register, run an agent task."""
+    """Prepare data, index every knowledge domain, evaluate retrieval, train and register, run agents."""
     options = options or PlatformOptions()
     settings = get_settings()
     logger = get_run_logger()
@@ -108,7 +109,7 @@ def main() -> None:
     print(
         "\nWhere to look:\n"
         f"  state folder   {settings.state_dir}\n"
-        f"  Prefect UI     make up, then http://127.0.0.1:{settings.prefect_port}/runs (flow runs, artifacts)\n"
+        f"  Prefect UI     make up, then http://127.0.0.1:{settings.prefect_port}/runs (runs, artifacts)\n"
         f"  MLflow UI      make up, then http://127.0.0.1:{settings.mlflow_port} (experiments, registry)\n"
         f"  chat API       make up, then http://{settings.api_host}:{settings.api_port}/ (docs at /docs)"
     )

@@ -35,12 +35,17 @@ def prepare_data(data_dir: Path, stage: str = "prepare-data") -> PreparedData:
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise ConfigurationError(f"preparing data failed ({' '.join(command[1:])}): {done.stderr.strip()[-800:]}")
+        raise ConfigurationError(
+            f"preparing data failed ({' '.join(command[1:])}): {done.stderr.strip()[-800:]}"
+        )
     reused = "didn't change, skipping" in done.stdout or "up to date" in done.stdout
     logger.info("data %s (%s)", "unchanged: DVC reused it" if reused else "rebuilt", " ".join(command[2:]))
     for needed in (data_dir / "knowledge", data_dir / "tabular"):
         if not needed.is_dir():
             raise ConfigurationError(f"missing data folder {needed} after `{' '.join(command[1:])}`")
     return PreparedData(
-        stage=stage, reused=reused, knowledge_dir=str(data_dir / "knowledge"), tabular_dir=str(data_dir / "tabular")
+        stage=stage,
+        reused=reused,
+        knowledge_dir=str(data_dir / "knowledge"),
+        tabular_dir=str(data_dir / "tabular"),
     )

@@ -11,10 +11,10 @@ os.environ["CONVEYOR_DATA_DIR"] = str(STATE / "data")
 os.environ.pop("CONVEYOR_PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_URL", None)
 
-import conveyor  # noqa: E402,F401  (sets the offline/telemetry switches before prefect loads)
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+import conveyor  # noqa: E402,F401  (sets the offline/telemetry switches before prefect loads)
 from conveyor.settings import get_settings, reset_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

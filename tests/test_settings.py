@@ -1,4 +1,4 @@
-"""Settings: defaults under the state folder, clear errors for bad values, no default secrets in production."""
+"""Settings: local defaults, clear errors for bad values, no default secrets outside development."""
 
 import pytest
 

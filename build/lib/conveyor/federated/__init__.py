@@ -1,1 +1,0 @@
-"""Federated learning: a Flower app (ServerApp + ClientApp) and the local federation that runs it."""

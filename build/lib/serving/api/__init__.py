@@ -1,1 +1,0 @@
-"""HTTP layer: dependencies and one router per resource."""

@@ -1,1 +1,0 @@
-"""Cross-cutting pieces of the API: security, metrics, rate limits, request middleware."""
