@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 import conveyor  # noqa: E402,F401  (sets the offline/telemetry switches before prefect loads)
-from conveyor.settings import get_settings, reset_settings  # noqa: E402
+from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings, reset_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"
@@ -49,3 +49,29 @@ def output_dir() -> Path:
     """Where tests keep artifacts worth looking at (screenshots, reports)."""
     OUTPUT.mkdir(exist_ok=True)
     return OUTPUT
+
+
+@pytest.fixture(scope="module")
+def api_settings(settings, tmp_path_factory, request):
+    """A module's API settings: its own user database plus the module's `API_SETTINGS` overrides."""
+    database = tmp_path_factory.mktemp("api") / "users.db"
+    overrides = getattr(request.module, "API_SETTINGS", {})
+    return settings.model_copy(update={"database_url": f"sqlite:///{database}", **overrides})
+
+
+@pytest.fixture(scope="module")
+def api(api_settings):
+    """The chat API over real HTTP on a free local port, in this process (sharing its loaded models)."""
+    from serving.app import create_app
+    from serving.testing import ThreadedServer
+
+    with ThreadedServer(create_app(api_settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def auth(api) -> dict[str, str]:
+    """Bearer headers of the development admin."""
+    from serving.testing import login
+
+    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)

@@ -18,21 +18,6 @@ from serving.testing import REPO, ThreadedServer, login
 ADMIN = ("admin", DEVELOPMENT_ADMIN_PASSWORD)
 
 
-@pytest.fixture(scope="module")
-def api_settings(settings, tmp_path_factory) -> Settings:
-    database = tmp_path_factory.mktemp("auth") / "users.db"
-    return settings.model_copy(update={"database_url": f"sqlite:///{database}"})
-
-
-@pytest.fixture(scope="module")
-def api(api_settings):
-    with ThreadedServer(create_app(api_settings)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def admin(api) -> dict[str, str]:
-    return login(api.url, *ADMIN)
 
 
 def token_for(username: str, secret: str, expires_in: timedelta, version: str) -> str:
@@ -42,8 +27,8 @@ def token_for(username: str, secret: str, expires_in: timedelta, version: str) -
 
 
 class TestTokens:
-    def test_first_admin_comes_from_settings_and_signs_in(self, api, admin):
-        me = httpx.get(f"{api.url}/users/me", headers=admin)
+    def test_first_admin_comes_from_settings_and_signs_in(self, api, auth):
+        me = httpx.get(f"{api.url}/users/me", headers=auth)
         assert me.status_code == 200
         assert me.json()["username"] == "admin" and me.json()["is_admin"] is True
 
@@ -64,14 +49,14 @@ class TestTokens:
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
 
-    def test_forged_token_is_401(self, api, admin):
-        version = jwt.decode(admin["Authorization"].split()[1], options={"verify_signature": False})["ver"]
+    def test_forged_token_is_401(self, api, auth):
+        version = jwt.decode(auth["Authorization"].split()[1], options={"verify_signature": False})["ver"]
         forged = token_for("admin", "not-the-secret", timedelta(minutes=5), version)
         response = httpx.get(f"{api.url}/users/me", headers={"Authorization": f"Bearer {forged}"})
         assert response.status_code == 401
 
-    def test_expired_token_is_401(self, api, admin):
-        version = jwt.decode(admin["Authorization"].split()[1], options={"verify_signature": False})["ver"]
+    def test_expired_token_is_401(self, api, auth):
+        version = jwt.decode(auth["Authorization"].split()[1], options={"verify_signature": False})["ver"]
         expired = token_for("admin", DEVELOPMENT_SECRET, timedelta(minutes=-1), version)
         response = httpx.get(f"{api.url}/users/me", headers={"Authorization": f"Bearer {expired}"})
         assert response.status_code == 401
@@ -86,13 +71,13 @@ class TestTokens:
 
 
 class TestUserManagement:
-    def test_admin_adds_lists_and_removes_a_user(self, api, admin):
+    def test_admin_adds_lists_and_removes_a_user(self, api, auth):
         created = httpx.post(
-            f"{api.url}/users", headers=admin, json={"username": "ada", "password": "analytical1"}
+            f"{api.url}/users", headers=auth, json={"username": "ada", "password": "analytical1"}
         )
         assert created.status_code == 201 and created.json()["is_admin"] is False
         ada = login(api.url, "ada", "analytical1")
-        assert "ada" in [u["username"] for u in httpx.get(f"{api.url}/users", headers=admin).json()]
+        assert "ada" in [u["username"] for u in httpx.get(f"{api.url}/users", headers=auth).json()]
 
         assert httpx.get(f"{api.url}/users", headers=ada).status_code == 403
         assert (
@@ -102,24 +87,24 @@ class TestUserManagement:
             == 403
         )
 
-        assert httpx.delete(f"{api.url}/users/ada", headers=admin).status_code == 204
+        assert httpx.delete(f"{api.url}/users/ada", headers=auth).status_code == 204
         assert httpx.get(f"{api.url}/users/me", headers=ada).status_code == 401
-        assert httpx.delete(f"{api.url}/users/ada", headers=admin).status_code == 404
+        assert httpx.delete(f"{api.url}/users/ada", headers=auth).status_code == 404
 
-    def test_duplicate_user_is_409(self, api, admin):
+    def test_duplicate_user_is_409(self, api, auth):
         body = {"username": "grace", "password": "compiler123"}
-        assert httpx.post(f"{api.url}/users", headers=admin, json=body).status_code == 201
-        assert httpx.post(f"{api.url}/users", headers=admin, json=body).status_code == 409
+        assert httpx.post(f"{api.url}/users", headers=auth, json=body).status_code == 201
+        assert httpx.post(f"{api.url}/users", headers=auth, json=body).status_code == 409
 
-    def test_short_password_is_422_without_echoing_it(self, api, admin):
+    def test_short_password_is_422_without_echoing_it(self, api, auth):
         response = httpx.post(
-            f"{api.url}/users", headers=admin, json={"username": "bob", "password": "tiny7"}
+            f"{api.url}/users", headers=auth, json={"username": "bob", "password": "tiny7"}
         )
         assert response.status_code == 422
         assert "tiny7" not in response.text
 
-    def test_password_change_revokes_old_tokens(self, api, admin):
-        httpx.post(f"{api.url}/users", headers=admin, json={"username": "linus", "password": "first-pass"})
+    def test_password_change_revokes_old_tokens(self, api, auth):
+        httpx.post(f"{api.url}/users", headers=auth, json={"username": "linus", "password": "first-pass"})
         old = login(api.url, "linus", "first-pass")
         changed = httpx.put(f"{api.url}/users/linus/password", headers=old, json={"password": "second-pass"})
         assert changed.status_code == 204
@@ -129,16 +114,16 @@ class TestUserManagement:
             == 200
         )
 
-    def test_users_cannot_change_each_others_passwords(self, api, admin):
-        httpx.post(f"{api.url}/users", headers=admin, json={"username": "mallory", "password": "mallory-pw"})
+    def test_users_cannot_change_each_others_passwords(self, api, auth):
+        httpx.post(f"{api.url}/users", headers=auth, json={"username": "mallory", "password": "mallory-pw"})
         mallory = login(api.url, "mallory", "mallory-pw")
         response = httpx.put(
             f"{api.url}/users/admin/password", headers=mallory, json={"password": "taken-over"}
         )
         assert response.status_code == 403
 
-    def test_admin_cannot_remove_themselves(self, api, admin):
-        assert httpx.delete(f"{api.url}/users/admin", headers=admin).status_code == 409
+    def test_admin_cannot_remove_themselves(self, api, auth):
+        assert httpx.delete(f"{api.url}/users/admin", headers=auth).status_code == 409
 
 
 class TestUsersCommand:
@@ -208,10 +193,10 @@ class TestConfiguration:
         assert "CONVEYOR_SECRET_KEY must be set outside development" in result.stderr
 
 
-def test_logs_and_errors_carry_no_secret(api, admin, caplog):
+def test_logs_and_errors_carry_no_secret(api, auth, caplog):
     password = "sup3r-secret-pw"
     with caplog.at_level(logging.DEBUG):
-        httpx.post(f"{api.url}/users", headers=admin, json={"username": "trent", "password": password})
+        httpx.post(f"{api.url}/users", headers=auth, json={"username": "trent", "password": password})
         token = login(api.url, "trent", password)["Authorization"].split()[1]
         httpx.get(f"{api.url}/users/me", headers={"Authorization": f"Bearer {token}"})
         bad = httpx.post(f"{api.url}/auth/token", data={"username": "trent", "password": password + "x"})

@@ -19,21 +19,6 @@ REPORT = (
 )
 
 
-@pytest.fixture(scope="module")
-def api_settings(settings, tmp_path_factory):
-    database = tmp_path_factory.mktemp("chat-api") / "users.db"
-    return settings.model_copy(update={"database_url": f"sqlite:///{database}"})
-
-
-@pytest.fixture(scope="module")
-def api(api_settings):
-    with ThreadedServer(create_app(api_settings)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def auth(api) -> dict[str, str]:
-    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="module")

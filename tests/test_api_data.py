@@ -12,10 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from conveyor import registry, tracking
-from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
 from conveyor.training.evaluation import model_scorer
-from serving.app import create_app
-from serving.testing import ThreadedServer, login
 
 FRAME = load_breast_cancer(as_frame=True).frame
 FEATURES = [c for c in FRAME.columns if c != "target"]
@@ -23,19 +20,7 @@ TRAIN, HELD_OUT = FRAME.iloc[::2], FRAME.iloc[1::2]
 MODEL = "api-breast-cancer"
 
 
-@pytest.fixture(scope="module")
-def api(settings, tmp_path_factory):
-    database = tmp_path_factory.mktemp("data-api") / "users.db"
-    app_settings = settings.model_copy(
-        update={"database_url": f"sqlite:///{database}", "api_max_upload_bytes": 4096}
-    )
-    with ThreadedServer(create_app(app_settings)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def auth(api) -> dict[str, str]:
-    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
+API_SETTINGS = {"api_max_upload_bytes": 4096}
 
 
 def upload(api, auth, dataset_id: str, content: bytes, content_type: str = "text/csv") -> httpx.Response:

@@ -2,33 +2,17 @@
 
 import httpx
 import hypothesis
-import pytest
 import schemathesis
 from schemathesis.generation import GenerationMode
 
 import serving.app
-from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
-from serving.app import create_app
-from serving.testing import ThreadedServer, login
 
 # Valid input on these runs the model or an indexing flow (or stores an upload in the shared test
 # state): the chat, runs and data tests cover it; the fuzzer sends them schema-violating input only.
 HEAVY = r"^/(chat|chat/stream|v1/chat/completions|rag/documents|datasets)$"
 
 
-@pytest.fixture(scope="module")
-def api(settings, tmp_path_factory):
-    database = tmp_path_factory.mktemp("fuzz-api") / "users.db"
-    app_settings = settings.model_copy(
-        update={"database_url": f"sqlite:///{database}", "api_rate_limit_per_minute": 100_000}
-    )
-    with ThreadedServer(create_app(app_settings)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def auth(api) -> dict[str, str]:
-    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
+API_SETTINGS = {"api_rate_limit_per_minute": 100_000}
 
 
 def load_schema(max_examples: int, modes: list[GenerationMode]) -> schemathesis.BaseSchema:

@@ -7,10 +7,6 @@ import httpx
 import pytest
 from prefect import flow
 
-from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
-from serving.app import create_app
-from serving.testing import ThreadedServer, login
-
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DOCUMENTS = [
     {
@@ -38,18 +34,6 @@ def api_echo(count: int, label: str = "x") -> dict:
     return {"count": count, "label": label}
 
 
-@pytest.fixture(scope="module")
-def api(settings, tmp_path_factory):
-    database = tmp_path_factory.mktemp("runs-api") / "users.db"
-    with ThreadedServer(
-        create_app(settings.model_copy(update={"database_url": f"sqlite:///{database}"}))
-    ) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def auth(api) -> dict[str, str]:
-    return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from agents.registry import AGENTS
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
-from serving.app import create_app
-from serving.testing import ThreadedServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 QUESTION = "Summarize in one sentence: the Conveyor chat API streams answers from a small local model."
-
-
-@pytest.fixture(scope="module")
-def api(settings, tmp_path_factory):
-    database = tmp_path_factory.mktemp("web-chat") / "users.db"
-    with ThreadedServer(
-        create_app(settings.model_copy(update={"database_url": f"sqlite:///{database}"}))
-    ) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
