@@ -10,10 +10,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from conveyor import tracking
+from conveyor.registry import PromotionDecision
 from conveyor.settings import ConfigurationError, get_settings
 from flows.evaluate_retrieval import evaluate_retrieval
-from flows.index_documents import index_documents
-from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
+from flows.index_documents import IndexReport, index_documents
+from flows.run_agent_task import EXAMPLE_TASK, AgentRunSummary, run_agent_task
 from flows.train_model import train_model
 from flows.train_tabular import train_tabular
 from tasks.data_prep import prepare_data
@@ -59,36 +60,58 @@ def platform(options: PlatformOptions | None = None) -> PlatformSummary:
     if options.train:
         trained["train-tabular"] = train_tabular()
         trained["train-model"] = train_model()
-    agent_report = run_agent_task(task=options.agent_task) if options.agent_task else None
+    agent_run = run_agent_task(task=options.agent_task) if options.agent_task else None
 
     summary = PlatformSummary(
         data_reused=data.reused,
-        indexed={domain: _describe(report) for domain, report in indexed.items()},
+        indexed={domain: _indexed(report) for domain, report in indexed.items()},
         retrieval={k: float(v) for k, v in retrieval.items() if isinstance(v, int | float)},
-        trained={name: _describe(result) for name, result in trained.items()},
-        agent_report=_describe(agent_report) if agent_report is not None else None,
+        trained={name: _promotion(result.decision) for name, result in trained.items()},
+        agent_report=_agent_run(agent_run) if agent_run is not None else None,
     )
     create_markdown_artifact(key="platform-summary", markdown=_markdown(summary), description="make run")
     return summary
 
 
-def _describe(result: object) -> str:
-    """A one-line account of a sub-flow's result (pydantic reports print their fields)."""
-    if not isinstance(result, BaseModel):
-        return str(result)
-    fields = {}
-    for key, value in result.model_dump().items():
-        if isinstance(value, dict):  # one nested level, e.g. a training result's promotion decision
-            fields |= {f"{key}.{k}": v for k, v in value.items() if not isinstance(v, dict | list)}
-        elif not isinstance(value, list):
-            fields[key] = value
-    return ", ".join(f"{k}={v}" for k, v in fields.items())
+def _indexed(report: IndexReport) -> str:
+    work = (
+        "nothing to embed (unchanged)"
+        if report.chunks_embedded == 0
+        else f"{report.chunks_embedded} chunks embedded"
+    )
+    return (
+        f"{report.added} added, {report.updated} updated, {report.deleted} deleted, "
+        f"{report.unchanged} unchanged; {work}; {report.rows} rows, table version {report.table_version}"
+    )
+
+
+def _promotion(decision: PromotionDecision) -> str:
+    champion = (
+        f"champion v{decision.champion_version} {decision.champion_value:.4f}"
+        if decision.champion_version
+        else "no champion"
+    )
+    verdict = "promoted to @champion" if decision.promoted else "kept as @challenger"
+    challenger = f"{decision.metric}={decision.challenger_value:.4f}"
+    return f"{decision.name} v{decision.version} {challenger} ({champion}): {verdict}"
+
+
+def _agent_run(run: AgentRunSummary) -> str:
+    steps = ", ".join(f"{step} {state}" for step, state in run.steps.items())
+    return f"{run.plan_method} plan ({steps}); report {run.report}"
 
 
 def _markdown(summary: PlatformSummary) -> str:
-    lines = ["# Conveyor platform run", "", f"- data: {'reused (DVC)' if summary.data_reused else 'rebuilt'}"]
+    lines = [
+        "# Conveyor platform run",
+        "",
+        f"- data: {'unchanged, reused by DVC' if summary.data_reused else 'rebuilt'}",
+    ]
     lines += [f"- index `{domain}`: {report}" for domain, report in summary.indexed.items()]
-    lines += [f"- retrieval {metric}: {value:.4f}" for metric, value in summary.retrieval.items()]
+    if summary.retrieval:
+        lines.append(
+            "- retrieval: " + ", ".join(f"{k} {v:.4f}" for k, v in summary.retrieval.items() if "@" in k)
+        )
     lines += [f"- {name}: {result}" for name, result in summary.trained.items()]
     if summary.agent_report:
         lines.append(f"- agent task: {summary.agent_report}")
