@@ -52,10 +52,7 @@ def platform(options: PlatformOptions | None = None) -> PlatformSummary:
     }
     retrieval = {}
     if options.benchmark:
-        beir_dir = settings.benchmarks_dir / options.benchmark
-        if not (beir_dir / "corpus.jsonl").is_file():
-            raise ConfigurationError(f"benchmark {beir_dir} has no corpus.jsonl (CONVEYOR_BENCHMARKS_DIR)")
-        retrieval = evaluate_retrieval(beir_dir=str(beir_dir))
+        retrieval = evaluate_retrieval(beir_dir=str(benchmark_dir(options.benchmark)))
     trained = {}
     if options.train:
         trained["train-tabular"] = train_tabular()
@@ -118,15 +115,30 @@ def _markdown(summary: PlatformSummary) -> str:
     return "\n".join(lines)
 
 
+def benchmark_dir(name: str) -> Path:
+    """A BEIR collection under CONVEYOR_BENCHMARKS_DIR, or a ConfigurationError naming the missing file."""
+    beir_dir = get_settings().benchmarks_dir / name
+    if not (beir_dir / "corpus.jsonl").is_file():
+        raise ConfigurationError(f"missing {beir_dir / 'corpus.jsonl'} (set CONVEYOR_BENCHMARKS_DIR)")
+    return beir_dir
+
+
+def preflight(options: PlatformOptions) -> None:
+    """Check settings, the tracking store and the input files before any run starts."""
+    get_settings()
+    tracking.check_reachable()
+    if options.benchmark:
+        benchmark_dir(options.benchmark)
+
+
 def main() -> None:
-    settings_error = None
+    options = PlatformOptions()
     try:
-        summary = platform()
+        preflight(options)
     except ConfigurationError as exc:
-        settings_error = exc
-    if settings_error is not None:
-        print(f"conveyor: {settings_error}", file=sys.stderr)
-        raise SystemExit(2)
+        print(f"conveyor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    summary = platform(options)
     settings = get_settings()
     print(_markdown(summary))
     print(

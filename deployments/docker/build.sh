@@ -44,9 +44,10 @@ stop() {
 
 wheels() {
   # Same pins as the venv (constraints.txt); llama-cpp-python comes from pip's cache of the local build.
+  # async-timeout: redis needs it on bookworm's Python 3.11.2 (< 3.11.3), not on the host's.
   log "wheels -> $WHEELS"
   "$PYTHON" -m pip wheel --quiet --wheel-dir "$WHEELS" -c "$REPO/constraints.txt" \
-    torch=="$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' "$REPO/pyproject.toml")" pip setuptools wheel "$REPO" \
+    torch=="$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' "$REPO/pyproject.toml")" pip setuptools wheel async-timeout "$REPO" \
     2> >(grep -v "is ignored: it is neither" >&2)
   rm -f "$WHEELS"/conveyor-*.whl  # the image installs the source tree itself
 }
