@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pydoc
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 
 REPO = Path(__file__).resolve().parent.parent
+MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
 PROJECT_DOCS = ["README.md", "docs"]
 PYTHON_REFERENCE = [
     "json",
@@ -95,11 +97,15 @@ def render_reference(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in PYTHON_REFERENCE:
         text = pydoc.render_doc(importlib.import_module(name), renderer=pydoc.plaintext)
-        (out / f"{name}.txt").write_text(text, encoding="utf-8")
+        (out / f"{name}.txt").write_text(without_addresses(text), encoding="utf-8")
     for dotted in PANDAS_REFERENCE:
-        obj = pydoc.locate(dotted)
-        text = f"{dotted}\n\n" + pydoc.plaintext.document(obj)
-        (out / f"{dotted}.txt").write_text(text, encoding="utf-8")
+        text = f"{dotted}\n\n" + pydoc.plaintext.document(pydoc.locate(dotted))
+        (out / f"{dotted}.txt").write_text(without_addresses(text), encoding="utf-8")
+
+
+def without_addresses(text: str) -> str:
+    """Drop object addresses from reprs (`<object at 0x7f...>`) so every build is byte-identical."""
+    return MEMORY_ADDRESS.sub("", text)
 
 
 def describe_sklearn_datasets(out: Path) -> None:
@@ -115,8 +121,8 @@ def make_sales(seed: int = 2024, days: int = 366) -> pd.DataFrame:
     dates = pd.date_range("2024-01-01", periods=days, freq="D")
     rows = []
     for date in dates:
-        season = 1.0 + 0.25 * np.sin(2 * np.pi * (date.dayofyear - 80) / 366)
-        weekend = 0.7 if date.dayofweek >= 5 else 1.0
+        season = 1.0 + 0.25 * np.sin(2 * np.pi * (date.day_of_year - 80) / 366)
+        weekend = 0.7 if date.day_of_week >= 5 else 1.0
         for region_index, region in enumerate(REGIONS):
             for product, (category, price) in PRODUCTS.items():
                 if rng.random() < 0.55:

@@ -40,3 +40,16 @@ class TestUploads:
     def test_oversized_upload_is_refused(self):
         with pytest.raises(datasets.DatasetError, match="limit"):
             datasets.save_upload("big", b"a\n" + b"1\n" * 100, max_bytes=50)
+
+
+class TestPreparation:
+    def test_every_build_is_byte_identical(self, prepared_data, tmp_path):
+        """Re-running `data/prepare.py` must not change a file, or every re-index would re-embed it."""
+        from data.prepare import main as prepare
+
+        prepare(["--out", str(tmp_path)])
+        first = {p.relative_to(prepared_data): p.read_bytes() for p in prepared_data.rglob("*") if p.is_file()}
+        second = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        assert first.keys() == second.keys()
+        assert [name for name in first if first[name] != second[name]] == []
+        assert {"knowledge", "tabular"} <= {name.parts[0] for name in first}
