@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum
 SYSTEM_PACKAGES ?= chromium chromium-driver
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install system-deps run test up down bench lint clean
+.PHONY: install system-deps run test test-containers up down bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(STAMP)
 
 # Debian packages the tests use (headless Chromium for the chat page); installed only when missing.
 system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages (install them as root): $$missing"; fi; fi
@@ -28,8 +28,20 @@ system-deps:
 run: install
 	$(BIN)/python -m flows.platform
 
+# The suite, then (as root, unless CONTAINERS=0) the images built and run for real.
 test: install system-deps
 	$(BIN)/python -m pytest
+	@if [ "$$(id -u)" = 0 ] && [ "$(CONTAINERS)" != 0 ]; then $(MAKE) --no-print-directory test-containers; \
+	else echo "container images: not built (needs root; CONTAINERS=0 skips)"; fi
+
+# Container images built and run for real: a private root dockerd (Debian docker.io), a mmdebstrap base,
+# wheels built on the host; then tests/test_images.py with the running-container tests enabled.
+test-containers: install
+	@missing=$$(for p in docker.io mmdebstrap; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@trap 'deployments/docker/build.sh clean' EXIT; deployments/docker/build.sh all && \
+	  CONVEYOR_TEST_CONTAINERS=1 DOCKER_HOST=unix://$(CURDIR)/.conveyor/docker/docker.sock \
+	  $(BIN)/python -m pytest tests/test_images.py
 
 up: install
 	$(BIN)/conveyor up

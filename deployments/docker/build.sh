@@ -6,6 +6,7 @@
 #   deployments/docker/build.sh base      conveyor-base:bookworm (mmdebstrap minbase + python3, docker import)
 #   deployments/docker/build.sh images    conveyor-flows and conveyor-api from the Dockerfile on that base
 #   deployments/docker/build.sh stop      stop that dockerd
+#   deployments/docker/build.sh clean     stop, then remove the daemon's state (images, cache) and the wheels
 #   deployments/docker/build.sh all       start, wheels, base, images (the daemon is left running)
 # Clients use DOCKER_HOST=unix://$STATE/docker.sock (printed by `start`).
 set -euo pipefail
@@ -42,6 +43,13 @@ stop() {
   echo "dockerd ($pid) still running after 30 s" >&2; exit 1
 }
 
+clean() {
+  stop
+  rm -rf "$STATE"  # images, build cache and daemon state (~8 GB)
+  find "$WHEELS" -name '*.whl' -delete
+  log "removed $STATE and the wheels"
+}
+
 wheels() {
   # Same pins as the venv (constraints.txt); llama-cpp-python comes from pip's cache of the local build.
   # async-timeout: redis needs it on bookworm's Python 3.11.2 (< 3.11.3), not on the host's.
@@ -74,9 +82,10 @@ images() {
 case "${1:-all}" in
   start) start ;;
   stop) stop ;;
+  clean) clean ;;
   wheels) wheels ;;
   base) base ;;
   images) images ;;
   all) start; wheels; base; images ;;
-  *) echo "usage: $0 [start|wheels|base|images|stop|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [start|wheels|base|images|stop|clean|all]" >&2; exit 2 ;;
 esac
