@@ -75,3 +75,13 @@ def auth(api) -> dict[str, str]:
     from serving.testing import login
 
     return login(api.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_run_left_active():
+    """A test that fails inside an MLflow run must not leave it active for the next test."""
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run(status="KILLED")
