@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def configure() -> None:
     """Set offline/telemetry switches and Prefect's home/API (never overriding the caller's); quiet noise."""
     for name, value in OFFLINE_AND_QUIET.items():
         os.environ.setdefault(name, value)
+    # Child processes (DVC stages, Flower, torchrun) run this environment's `python` and tools.
+    scripts = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
     home = Path(os.environ.get("CONVEYOR_HOME", ".conveyor")).resolve()
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

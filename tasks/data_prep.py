@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +30,7 @@ def prepare_data(data_dir: Path, stage: str = "prepare-data") -> PreparedData:
         command = [sys.executable, "-m", "dvc", "repro", stage]
     else:  # a data folder outside the repo (tests, custom CONVEYOR_DATA_DIR): build it directly
         command = [sys.executable, str(REPO / "data" / "prepare.py"), "--out", str(data_dir)]
-    # DVC stages call `python`: make it this environment's interpreter.
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise ConfigurationError(
             f"preparing data failed ({' '.join(command[1:])}): {done.stderr.strip()[-800:]}"
