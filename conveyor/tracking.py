@@ -14,9 +14,10 @@ from mlflow.tracking import MlflowClient
 from conveyor.settings import ConfigurationError, get_settings
 
 
-@cache
 def _configured_uri(uri: str) -> str:
-    mlflow.set_tracking_uri(uri)
+    """Point MLflow's fluent API at `uri` (again, if something else moved it)."""
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
     if uri.startswith("sqlite:///"):
         get_settings().artifact_root.mkdir(parents=True, exist_ok=True)
     return uri
