@@ -27,9 +27,10 @@ def domains() -> list[str]:
 
 def test_searches_all_domains_and_merges(domains):
     assert set(domains) <= set(gateway.list_domains())
-    hits = gateway.search("what makes bread rise", k=3)
-    assert hits[0].doc_id == "bread" and hits[0].domain == "cooking"
-    assert len({(h.domain, h.doc_id) for h in hits}) == len(hits) == 3
+    hits = gateway.search("what makes bread rise", k=10)  # every domain, including other tests' ones
+    ours = [h for h in hits if h.domain in domains]
+    assert ours[0].doc_id == "bread" and ours[0].domain == "cooking"
+    assert len({(h.domain, h.doc_id) for h in hits}) == len(hits)
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     ranked = gateway.search("ocean tides caused by the moon", domains=domains, k=5)
     assert ranked[0].doc_id == "moon"
