@@ -112,6 +112,7 @@ class EmbeddedLLM:
             n_ctx=settings.llm_context,
             n_threads=settings.llm_threads,
             n_threads_batch=settings.llm_threads,
+            seed=0,  # reproducible sampling: the same prompts give the same answers run after run
             verbose=False,
         )
         # Free llama.cpp before interpreter shutdown: a model still alive then can hang in Llama.__del__.

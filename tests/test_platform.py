@@ -4,9 +4,11 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import REPO
+REPO = Path(__file__).resolve().parent.parent  # not `from conftest import`: a second import makes a 2nd state
 
 
 def run_platform(**env: str) -> subprocess.CompletedProcess:
