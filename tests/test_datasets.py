@@ -50,7 +50,7 @@ class TestUploads:
 
 class TestPreparation:
     def test_every_build_is_byte_identical(self, tmp_path):
-        """Re-running `data/prepare.py` (as DVC does) must not change a file, or every re-index re-embeds it."""
+        """Rebuilding the data (as DVC runs it) must not change a file, or every re-index re-embeds it."""
         builds = [tmp_path / "first", tmp_path / "second"]
         for out in builds:
             subprocess.run([sys.executable, "data/prepare.py", "--out", str(out)], cwd=REPO, check=True)
