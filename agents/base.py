@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from agents.llm import get_llm
 from agents.sandbox import Figure
 from conveyor.settings import get_settings
 
@@ -25,6 +27,12 @@ class AgentResult(BaseModel):
     figures: list[str] = Field([], description="PNG files written by the agent's code.")
     data: dict = Field({}, description="Computed values, code and other structured output.")
     error: str | None = None
+    llm_unavailable: bool = Field(False, description="The LLM was down or timed out: the answer is degraded.")
+
+    @classmethod
+    def without_llm(cls, agent: str, exc: Exception, answer: str, **fields) -> AgentResult:
+        """The failed result of an agent whose LLM call raised `exc` (what it has so far goes in `fields`)."""
+        return cls(agent=agent, answer=answer, ok=False, error=str(exc), llm_unavailable=True, **fields)
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,17 @@ class Agent:
 
     def __call__(self, instruction: str, context: str = "", **fields) -> AgentResult:
         return self.run(self.request(instruction=instruction, context=context, **fields))
+
+
+def generate(messages: list[dict], on_token: Callable[[str], None] | None = None, **options) -> str:
+    """The LLM's whole answer to `messages`, each token also handed to `on_token` as it arrives."""
+    tokens = []
+    with closing(get_llm().stream(messages, **options)) as stream:  # frees the model if on_token raises
+        for token in stream:
+            tokens.append(token)
+            if on_token:
+                on_token(token)
+    return "".join(tokens)
 
 
 def save_figures(figures: list[Figure]) -> list[str]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from agents import memory
 from agents.base import AgentResult
+from agents.llm import LLMUnavailable
 from agents.registry import get_agent
 from agents.router import route
 
@@ -25,10 +26,23 @@ class ChatReply(BaseModel):
     agent: str
     sources: list[dict]
     run_id: str | None = None
+    error: str | None = None  # why the agent failed, when it did (its answer then explains it)
+
+
+class ChatCancelled(Exception):
+    """The listener of a streamed reply went away; generation stops at the next token."""
+
+
+class ChatUnavailable(LLMUnavailable):
+    """The routed agent could not reach the LLM; `reply` keeps what it found without it (sources)."""
+
+    def __init__(self, reply: ChatReply) -> None:
+        super().__init__(reply.error or "no answer from the language model")
+        self.reply = reply
 
 
 class ChatEvent(BaseModel):
-    type: Literal["token", "final", "error"]
+    type: Literal["token", "final"]
     data: str | dict
 
 
@@ -62,28 +76,51 @@ def _run(message: str, history: list[dict], on_token=None) -> ChatReply:
     except Exception:  # memory is best effort for chat: the user still gets the answer
         log.exception("could not record the chat run in agent memory")
         run_id = None
-    return ChatReply(answer=result.answer, agent=agent.name, sources=result.sources, run_id=run_id)
+    chat_reply = ChatReply(
+        answer=result.answer, agent=agent.name, sources=result.sources, run_id=run_id, error=result.error
+    )
+    if result.llm_unavailable:
+        raise ChatUnavailable(chat_reply)
+    return chat_reply
 
 
 def reply(message: str, history: list[dict]) -> ChatReply:
-    """Route `message` to one agent and return its whole answer (history gives the conversation so far)."""
+    """Route `message` to one agent and return its whole answer (history gives the conversation so far).
+
+    Raises ChatUnavailable when the agent needed the LLM and could not reach it.
+    """
     return _run(message, history)
 
 
 def stream_reply(message: str, history: list[dict]) -> Iterator[ChatEvent]:
-    """Tokens as the agent produces them, then one final event {agent, sources, answer, run_id}."""
-    events: queue.Queue[ChatEvent | None] = queue.Queue()
+    """Tokens as the agent produces them, then one final event {agent, sources, answer, run_id, error}.
+
+    Failures are raised from the iterator (ChatUnavailable when the LLM is down). Closing it early
+    (the client went away) stops the generation at its next token.
+    """
+    events: queue.Queue[ChatEvent | Exception | None] = queue.Queue()
+    cancelled = threading.Event()
+
+    def on_token(token: str) -> None:
+        if cancelled.is_set():
+            raise ChatCancelled
+        events.put(ChatEvent(type="token", data=token))
 
     def work() -> None:
         try:
-            final = _run(message, history, on_token=lambda t: events.put(ChatEvent(type="token", data=t)))
-            events.put(ChatEvent(type="final", data=final.model_dump()))
-        except Exception as exc:  # reported to the client as an error event, not a dropped stream
-            log.exception("chat stream failed")
-            events.put(ChatEvent(type="error", data=f"{type(exc).__name__}: {exc}"))
+            events.put(ChatEvent(type="final", data=_run(message, history, on_token).model_dump()))
+        except ChatCancelled:
+            log.info("chat stream cancelled by its listener")
+        except Exception as exc:  # raised again in the listener's thread
+            events.put(exc)
         finally:
             events.put(None)
 
     threading.Thread(target=work, name="chat-stream", daemon=True).start()
-    while (event := events.get()) is not None:
-        yield event
+    try:
+        while (event := events.get()) is not None:
+            if isinstance(event, Exception):
+                raise event
+            yield event
+    finally:
+        cancelled.set()

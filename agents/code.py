@@ -78,12 +78,8 @@ def write(request: CodeRequest) -> AgentResult:
             check=shows_output,
         )
     except LLMUnavailable as exc:
-        return AgentResult(
-            agent=NAME,
-            answer=f"The language model is unavailable: {exc}",
-            ok=False,
-            error=str(exc),
-            sources=sources,
+        return AgentResult.without_llm(
+            NAME, exc, f"The language model is unavailable: {exc}", sources=sources
         )
     run = attempt.run
     if attempt.ok:

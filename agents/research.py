@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from agents.base import Agent, AgentRequest, AgentResult
-from agents.llm import LLMUnavailable, get_llm
+from agents.base import Agent, AgentRequest, AgentResult, generate
+from agents.llm import LLMUnavailable
 
 NAME = "research"
 RELEVANCE_MIN = 0.3  # MiniLM cosine between question and passage below which a passage is off-topic
@@ -92,20 +92,15 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
         {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"},
     ]
     try:
-        tokens = []
-        for token in get_llm().stream(messages, max_tokens=200, temperature=0.1):
-            tokens.append(token)
-            if on_token:
-                on_token(token)
+        text = generate(messages, on_token, max_tokens=200, temperature=0.1)
     except LLMUnavailable as exc:
-        return AgentResult(
-            agent=NAME,
-            ok=False,
-            error=str(exc),
+        return AgentResult.without_llm(
+            NAME,
+            exc,
+            f"The language model is unavailable ({exc}); the retrieved sources follow.",
             sources=sources,
-            answer=f"The language model is unavailable ({exc}); the retrieved sources follow.",
         )
-    text = attribute("".join(tokens), sources)
+    text = attribute(text, sources)
     # Citations that name no source are removed rather than shown as dangling numbers.
     text = CITATION.sub(lambda m: m.group(0) if int(m.group(1)) <= len(sources) else "", text)
     return AgentResult(agent=NAME, answer=text, sources=sources, data={"citations": citations(text, sources)})

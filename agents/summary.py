@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from pydantic import Field
 
-from agents.base import Agent, AgentRequest, AgentResult
-from agents.llm import LLMUnavailable, get_llm
+from agents.base import Agent, AgentRequest, AgentResult, generate
+from agents.llm import LLMUnavailable
 
 NAME = "summary"
 SYSTEM = (
@@ -37,18 +37,10 @@ def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = 
         {"role": "user", "content": f"Summarise:\n\n{text}"},
     ]
     try:
-        tokens = []
-        for token in get_llm().stream(
-            messages, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2
-        ):
-            tokens.append(token)
-            if on_token:
-                on_token(token)
+        text = generate(messages, on_token, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2)
     except LLMUnavailable as exc:
-        return AgentResult(
-            agent=NAME, answer=f"The language model is unavailable: {exc}", ok=False, error=str(exc)
-        )
-    summary = bound_words("".join(tokens), request.max_words)
+        return AgentResult.without_llm(NAME, exc, f"The language model is unavailable: {exc}")
+    summary = bound_words(text, request.max_words)
     return AgentResult(
         agent=NAME, answer=summary, data={"words": len(summary.split()), "max_words": request.max_words}
     )

@@ -1,6 +1,7 @@
 """Agents on the real model, knowledge store and sandbox: research, data, code, summary, memory, chat."""
 
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,16 @@ class TestChat:
         final = events[-1].data
         assert set(final) >= {"agent", "sources", "answer"}
         assert "".join(e.data for e in events if e.type == "token").strip()
+
+    def test_closing_the_stream_stops_the_generation(self, facts_domain):
+        message = "Summarize in three sentences: the ferry to the island was rebuilt twice, in 1921 and 1987."
+        events = chat.stream_reply(message, [])
+        assert next(events).type == "token"
+        events.close()  # what the API does when the client disconnects
+        for thread in threading.enumerate():
+            if thread.name == "chat-stream":
+                thread.join(timeout=120)
+        # The agent never finished: its run was not recorded, and the model is free for the next caller.
+        assert memory._table().count_rows(f"task = '{message}'") == 0
+        assert chat.reply(message, []).run_id
+        assert memory._table().count_rows(f"task = '{message}'") == 1

@@ -19,8 +19,6 @@ REPORT = (
 )
 
 
-
-
 @pytest.fixture(scope="module")
 def other_user(api, auth) -> dict[str, str]:
     httpx.post(f"{api.url}/users", headers=auth, json={"username": "other", "password": "other-pass1"})
@@ -231,7 +229,7 @@ class TestModelDown:
         env = {
             "CONVEYOR_LLM_BACKEND": "openai",
             "CONVEYOR_LLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
-            "CONVEYOR_LLM_TIMEOUT_S": "10",
+            "CONVEYOR_LLM_TIMEOUT_S": "60",  # the first chat also loads the embedding model
             "CONVEYOR_DATABASE_URL": api_settings.sql_url,
             "PREFECT_API_URL": PREFECT_API_URL.value(),
         }
@@ -244,8 +242,19 @@ class TestModelDown:
                 client.chat.completions.create(
                     model=api_settings.llm_model, messages=[{"role": "user", "content": "hi"}]
                 )
+            summarise = {
+                "message": "Summarize in one sentence: the lighthouse was painted red and white in 1871."
+            }
+            chats = [
+                httpx.post(f"{server.url}/{path}", headers=headers, json=summarise, timeout=120)
+                for path in ("chat", "chat/stream")
+            ]
             ready = httpx.get(f"{server.url}/ready", timeout=120)
             health = httpx.get(f"{server.url}/health")
         assert down.value.status_code == 503 and "unavailable" in down.value.message
+        for response in chats:  # routed by keywords to the summary agent, which needs the model
+            assert response.status_code == 503, response.text
+            body = response.json()
+            assert "unavailable" in body["detail"] and body["agent"] == "summary" and body["sources"] == []
         assert ready.status_code == 503 and ready.json()["checks"]["llm"].startswith("error")
         assert health.status_code == 200

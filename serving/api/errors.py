@@ -15,6 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from agents.chat import ChatUnavailable
 from agents.llm import LLMUnavailable
 from conveyor.settings import ConfigurationError
 from serving.core.concurrency import GenerationTimeout
@@ -28,9 +29,9 @@ def redact(text: str) -> str:
 
 
 def error_response(
-    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None
+    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
-    body: dict[str, Any] = {"detail": detail, "request_id": request.state.request_id}
+    body: dict[str, Any] = {"detail": detail, "request_id": request.state.request_id, **extra}
     if request.url.path.startswith("/v1/"):  # what OpenAI clients read
         message = detail if isinstance(detail, str) else json.dumps(detail)
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -50,7 +51,12 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LLMUnavailable)
     async def llm_unavailable(request: Request, exc: LLMUnavailable) -> JSONResponse:
-        return error_response(request, 503, redact(f"the language model is unavailable: {exc}"))
+        found = (
+            {"agent": exc.reply.agent, "sources": exc.reply.sources}
+            if isinstance(exc, ChatUnavailable)
+            else {}
+        )
+        return error_response(request, 503, redact(f"the language model is unavailable: {exc}"), **found)
 
     @app.exception_handler(GenerationTimeout)
     async def llm_timeout(request: Request, exc: GenerationTimeout) -> JSONResponse:

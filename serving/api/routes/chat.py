@@ -25,7 +25,9 @@ router = APIRouter(tags=["chat"])
 log = logging.getLogger(__name__)
 EVENT_STREAM = {"description": "server-sent events", "content": {"text/event-stream": {}}}
 LLM_ERRORS = {
-    503: {"description": "the LLM is down or busy past the timeout"},
+    503: {
+        "description": "the LLM is down or busy past the timeout (with the agent and any sources it found)"
+    },
     504: {"description": "the LLM did not answer within the timeout"},
 }
 
@@ -97,23 +99,23 @@ async def chat_stream(
                 if event.type == "token":
                     metrics.TOKENS_STREAMED.labels("/chat/stream").inc()
                     yield _sse("token", {"text": str(event.data)})
-                elif event.type == "final":
+                else:
                     reply = _reply_fields(event.data)
                     await run_in_threadpool(crud.record_turn, session, conversation, body.message, **reply)
                     yield _sse("final", {"conversation_id": conversation.id, **reply})
-                else:
-                    yield _sse("error", {"detail": str(event.data)})
                 event = await anext(events, None)
         except Exception as exc:  # headers are sent: report the failure as the stream's last event
             log.warning("chat stream %s failed: %s", request.state.request_id, type(exc).__name__)
-            yield _sse("error", {"detail": _stream_failure(exc)})
+            yield _sse("error", _stream_failure(exc))
         finally:
             await events.aclose()
 
     return EventSourceResponse(stream())
 
 
-def _stream_failure(exc: Exception) -> str:
+def _stream_failure(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, agent_chat.ChatUnavailable):
+        return {"detail": str(exc), "agent": exc.reply.agent, "sources": exc.reply.sources}
     if isinstance(exc, LLMUnavailable | GenerationTimeout):
-        return str(exc)
-    return "the answer failed on the server; see the logs with the request id"
+        return {"detail": str(exc)}
+    return {"detail": "the answer failed on the server; see the logs with the request id"}
