@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 
 import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
 from agents.llm import get_llm, reset_llm
+from conveyor.embeddings import embed
 from conveyor.settings import Settings, get_settings
 from serving import crud
 from serving.api.errors import add_error_handlers
@@ -53,8 +54,9 @@ def _configure_logging() -> None:
             logger.addHandler(handler)
 
 
-def _load_llm() -> None:
-    """Load the model once before serving, so concurrent first requests don't each start loading it."""
+def _load_models() -> None:
+    """Load the models once before serving, so the first requests don't each wait for (or start) a load."""
+    embed(["warm-up"])
     try:
         get_llm()
     except Exception as exc:  # the API still serves everything else; /ready reports the model
@@ -70,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         admin = crud.ensure_first_admin(session, settings.admin_username, settings.initial_admin_password)
     if admin is not None:
         log.info("created the first admin user %r from settings", admin.username)
-    await anyio.to_thread.run_sync(_load_llm)
+    await anyio.to_thread.run_sync(_load_models)
     yield
     engine.dispose()
     reset_llm()  # free the model now: a llama.cpp model left to interpreter shutdown can hang the exit

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
-import threading
+import os
+import subprocess
+import sys
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -16,9 +17,10 @@ from prefect.client.schemas.objects import FlowRun, WorkPoolStatus
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.deployments import arun_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.flow_engine import run_flow
 from prefect.utilities.schema_tools import ValidationError, validate
 from pydantic import BaseModel
+
+from conveyor.settings import get_settings
 
 SUMMARY_CHARS = 4000
 
@@ -139,18 +141,29 @@ async def _pool_is_served(client, pool_name: str | None) -> bool:
 
 
 async def _start_local(flow: Flow, parameters: dict[str, Any], tags: list[str]) -> FlowRun:
-    """Create the run first (its id goes back to the caller), then execute it in a background thread."""
+    """Create the run (its id goes back to the caller), then execute it in a process of its own.
+
+    Prefect's engine (`python -m prefect.engine`) runs it apart from the API, the way a worker would, so
+    stopping or restarting the API neither loses the run nor leaves it Running. Output: state/flow-runs/.
+    """
     async with get_client() as client:
         flow_run = await client.create_flow_run(flow, parameters=parameters, tags=tags)
-    context = contextvars.copy_context()
-    thread = threading.Thread(
-        target=context.run,
-        args=(run_flow,),
-        kwargs={"flow": flow, "flow_run": flow_run, "parameters": parameters, "return_type": "state"},
-        name=f"flow-run-{flow_run.id}",
-        daemon=True,
-    )
-    thread.start()
+        api_url = str(client.api_url)
+    logs = get_settings().state_dir / "flow-runs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {
+        "PREFECT_API_URL": api_url,
+        "PREFECT__FLOW_ENTRYPOINT": f"{flow.fn.__module__}:{flow.fn.__name__}",
+    }
+    with (logs / f"{flow_run.id}.log").open("ab") as output:
+        subprocess.Popen(
+            [sys.executable, "-m", "prefect.engine", str(flow_run.id)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # not in the API's process group: a Ctrl-C of the API spares it
+        )
     return flow_run
 
 

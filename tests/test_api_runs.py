@@ -6,6 +6,13 @@ import uuid
 import httpx
 import pytest
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
+from prefect.settings import PREFECT_API_URL
+
+from conveyor import gateway
+from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
+from serving.testing import ProcessServer, login
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DOCUMENTS = [
@@ -34,8 +41,6 @@ def api_echo(count: int, label: str = "x") -> dict:
     return {"count": count, "label": label}
 
 
-
-
 @pytest.fixture(scope="module")
 def echo_deployment() -> str:
     return str(api_echo.to_deployment(name="api-test").apply())
@@ -49,6 +54,16 @@ def wait_for_run(api, auth, run_id: str, timeout_s: float = 600) -> dict:
             return run
         time.sleep(1)
     raise AssertionError(f"run {run_id} did not finish: {run}")
+
+
+def wait_for_state(run_id: uuid.UUID, timeout_s: float = 600) -> FlowRun:
+    """The flow run once its state is final, read from Prefect itself."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while (run := client.read_flow_run(run_id)).state is None or not run.state.is_final():
+            assert time.monotonic() < deadline, f"run {run_id} did not finish: {run.state}"
+            time.sleep(1)
+    return run
 
 
 class TestRag:
@@ -74,6 +89,18 @@ class TestRag:
         passages = found.json()["passages"]
         assert passages[0]["doc_id"] == "zephyr" and passages[0]["domain"] == "api-docs"
         assert "42 revolutions" in passages[0]["text"] and len(passages) == 2
+
+    def test_a_local_run_outlives_the_api_that_started_it(self, api_settings, tmp_path):
+        env = {"CONVEYOR_DATABASE_URL": api_settings.sql_url, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        posted = {"domain": "api-restart", "documents": DOCUMENTS[:1]}
+        with ProcessServer(env, tmp_path / "api.log") as server:
+            headers = login(server.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
+            started = httpx.post(f"{server.url}/rag/documents", headers=headers, json=posted)
+        assert started.status_code == 202, started.text
+        # The API process is gone; the run still goes to its end in Prefect, and its documents are indexed.
+        run = wait_for_state(uuid.UUID(started.json()["run_id"]))
+        assert run.state.is_completed(), run.state.message
+        assert gateway.search("wind turbine revolutions", domains=["api-restart"], k=1)[0].doc_id == "zephyr"
 
     @pytest.mark.parametrize(
         ("body", "status"),
