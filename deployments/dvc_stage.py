@@ -1,9 +1,14 @@
-"""Run one stage of `dvc.yaml` with its `params.yaml` section and write the stage's metrics file."""
+"""Run one stage of `dvc.yaml` with its `params.yaml` section and write the stage's metrics file.
+
+The flows read this repository's `data/` (the stages' declared deps), whatever CONVEYOR_DATA_DIR says;
+state (MLflow, LanceDB, Prefect) goes where the settings say (CONVEYOR_HOME, PREFECT_API_URL).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +51,9 @@ def register(params: dict[str, Any]) -> dict[str, Any]:
     registry = {}
     for name in params["models"]:
         versions = client.search_model_versions(f"name = '{name}'")
-        aliases = {alias: int(v.version) for v in versions for alias in v.aliases}
-        registry[name] = {"versions": len(versions), **{f"{a}_version": n for a, n in aliases.items()}}
+        # aliases come with the registered model: search_model_versions leaves ModelVersion.aliases empty
+        aliases = client.get_registered_model(name).aliases if versions else {}
+        registry[name] = {"versions": len(versions), **{f"{a}_version": int(n) for a, n in aliases.items()}}
     return registry
 
 
@@ -59,6 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--metrics", type=Path, required=True, help="JSON file `dvc metrics show` reads")
     args = parser.parse_args(argv)
+    os.environ["CONVEYOR_DATA_DIR"] = str(REPO / "data")  # before the first get_settings()
+    from conveyor.settings import reset_settings
+
+    reset_settings()
     params = yaml.safe_load((REPO / "params.yaml").read_text())[args.stage]
     result = STAGES[args.stage](params)
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
