@@ -1,4 +1,7 @@
-"""The DVC pipeline: stage graph, `dvc repro` in a scratch copy (reuse, re-run on change), remote, metrics."""
+"""The DVC pipeline: stage graph, `dvc repro prepare-data` in a scratch copy (reuse, re-run), remote, metrics.
+
+The whole pipeline, every stage for real, is in test_dvc_pipeline.py.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +57,12 @@ class TestPipeline:
         for stage, metrics in METRICS.items():
             assert PIPELINE[stage]["params"] == [stage] and stage in params
             assert PIPELINE[stage]["metrics"] == [{metrics: {"cache": False}}]
+
+    def test_flow_stages_depend_on_their_runner_and_the_benchmark(self):
+        for stage in METRICS:
+            assert "deployments/dvc_stage.py" in PIPELINE[stage]["deps"], stage
+        # the BEIR collection named in params.yaml: a changed benchmark re-runs the evaluation
+        assert "${evaluate-retrieval.beir_dir}" in PIPELINE["evaluate-retrieval"]["deps"]
 
     def test_the_repository_pipeline_is_valid(self):
         listed = dvc("stage", "list", cwd=REPO)
