@@ -6,7 +6,7 @@ Run locally: `python -m flows.train_model --epochs 5 --devices 2` (DDP over 2 CP
 from __future__ import annotations
 
 import argparse
-from typing import Literal
+from typing import ClassVar, Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field
@@ -16,6 +16,7 @@ from conveyor.registry import PromotionDecision
 from conveyor.settings import get_settings
 from conveyor.training.fit import FitConfig, ModelConfig
 from conveyor.training.launch import join_as_worker
+from conveyor.training.params import TrainingParams
 from tasks.training import (
     DatasetRef,
     check_dataset,
@@ -34,13 +35,12 @@ SHARED_WITH_FIT = {
 }  # fmt: skip
 
 
-class TrainModelParams(BaseModel):
-    """Parameters of `train-model` (also the deployment's parameter schema)."""
+class TrainModelParams(TrainingParams):
+    """Parameters of `train-model` (also the deployment's parameter schema); numeric features, an integer
+    class label (0..K-1) as target."""
 
-    dataset: str = Field("breast_cancer", description="Catalog dataset id (numeric features).")
-    target: str = Field("malignant", description="Integer class label column (0..K-1).")
-    features: list[str] | None = Field(None, description="Feature columns; default all but the target.")
-    model_name: str | None = Field(None, description="Registered model name; default '<dataset>-mlp'.")
+    model_kind: ClassVar[str] = "mlp"
+
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int = Field(1, ge=1, description="Processes (CPU) or GPUs per node.")
     num_nodes: int = Field(1, ge=1, description="Nodes; >1 expects MASTER_ADDR/MASTER_PORT/NODE_RANK.")
@@ -50,12 +50,7 @@ class TrainModelParams(BaseModel):
     batch_size: int = Field(64, ge=1)
     patience: int = Field(5, ge=1, description="Early-stopping patience on val_loss.")
     model: ModelConfig = ModelConfig()
-    seed: int = Field(0, description="Split and initialisation seed; keep it fixed per model name.")
     resume_run_id: str | None = Field(None, description="Continue this MLflow run from its last checkpoint.")
-
-    @property
-    def registered_name(self) -> str:
-        return self.model_name or f"{self.dataset.replace('_', '-')}-mlp"
 
 
 class TrainingResult(BaseModel):

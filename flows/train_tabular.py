@@ -6,12 +6,14 @@ Run locally: `python -m flows.train_tabular --dataset breast_cancer --target mal
 from __future__ import annotations
 
 import argparse
+from typing import ClassVar
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
 from conveyor import tracking
 from conveyor.registry import PromotionDecision
+from conveyor.training.params import TrainingParams
 from conveyor.training.validation import Task
 from tasks.training import check_dataset, fit_tabular, log_training_inputs, promote
 
@@ -24,20 +26,13 @@ class ForestConfig(BaseModel):
     min_samples_leaf: int = Field(1, ge=1)
 
 
-class TrainTabularParams(BaseModel):
+class TrainTabularParams(TrainingParams):
     """Parameters of `train-tabular` (also the deployment's parameter schema)."""
 
-    dataset: str = Field("breast_cancer", description="Catalog dataset id: built-in or uploaded CSV.")
-    target: str = Field("malignant", description="Column to predict.")
-    task: Task = "classification"
-    features: list[str] | None = Field(None, description="Feature columns; default all but the target.")
-    model_name: str | None = Field(None, description="Registered model name; default '<dataset>-forest'.")
-    forest: ForestConfig = ForestConfig()
-    seed: int = Field(0, description="Split and forest seed; keep it fixed per model name.")
+    model_kind: ClassVar[str] = "forest"
 
-    @property
-    def registered_name(self) -> str:
-        return self.model_name or f"{self.dataset.replace('_', '-')}-forest"
+    task: Task = "classification"
+    forest: ForestConfig = ForestConfig()
 
 
 class TabularResult(BaseModel):
