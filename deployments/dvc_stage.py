@@ -35,11 +35,12 @@ def evaluate(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def train(params: dict[str, Any]) -> dict[str, Any]:
-    from flows.train_model import TrainModelParams, train_model
-    from flows.train_tabular import TrainTabularParams, train_tabular
+    """Both training flows, called as a deployment would: Prefect validates the JSON into their params."""
+    from flows.train_model import train_model
+    from flows.train_tabular import train_tabular
 
-    tabular = train_tabular(TrainTabularParams(**params["tabular"]))
-    neural = train_model(TrainModelParams(**params["model"]))
+    tabular = train_tabular(params["tabular"])
+    neural = train_model(params["model"])
     return {"tabular": tabular.model_dump(mode="json"), "model": neural.model_dump(mode="json")}
 
 
