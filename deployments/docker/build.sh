@@ -5,9 +5,11 @@
 #   deployments/docker/build.sh wheels    wheels of every pinned dependency into deployments/docker/wheels
 #   deployments/docker/build.sh base      conveyor-base:bookworm (mmdebstrap minbase + python3, docker import)
 #   deployments/docker/build.sh images    conveyor-flows and conveyor-api from the Dockerfile on that base
+#   deployments/docker/build.sh postgres  conveyor-postgres:15-bookworm (Debian's PostgreSQL; stands in for the
+#                                         official postgres image that compose names, which cannot be pulled here)
 #   deployments/docker/build.sh stop      stop that dockerd
 #   deployments/docker/build.sh clean     stop, then remove the daemon's state (images, cache) and the wheels
-#   deployments/docker/build.sh all       start, wheels, base, images (the daemon is left running)
+#   deployments/docker/build.sh all       start, wheels, base, images, postgres (the daemon is left running)
 # Clients use DOCKER_HOST=unix://$STATE/docker.sock (printed by `start`).
 set -euo pipefail
 
@@ -17,6 +19,7 @@ DOCKER=/usr/bin/docker  # Debian's client with buildx; another `docker` on PATH 
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/pyproject.toml")
 BASE_IMAGE=conveyor-base:bookworm
+POSTGRES_IMAGE=conveyor-postgres:15-bookworm
 WHEELS=$REPO/deployments/docker/wheels
 export DOCKER_HOST=unix://$STATE/docker.sock
 
@@ -79,6 +82,24 @@ images() {
   $DOCKER image ls --filter reference='conveyor-*' >&2
 }
 
+postgres() {
+  if $DOCKER image inspect "$POSTGRES_IMAGE" >/dev/null 2>&1; then log "$POSTGRES_IMAGE exists"; return; fi
+  log "mmdebstrap bookworm + postgresql-15 -> $POSTGRES_IMAGE"
+  # No cluster from the package's postinst: the entrypoint creates one in the volume on first start.
+  mmdebstrap --quiet --variant=minbase --include=postgresql-15 \
+    --essential-hook='mkdir -p "$1/etc/postgresql-common/createcluster.d"' \
+    --essential-hook='echo "create_main_cluster = false" >"$1/etc/postgresql-common/createcluster.d/conveyor.conf"' \
+    bookworm "$STATE/postgres.tar"
+  $DOCKER import "$STATE/postgres.tar" "$POSTGRES_IMAGE-rootfs" >/dev/null
+  rm -f "$STATE/postgres.tar"
+  local context="$STATE/postgres-context"
+  mkdir -p "$context"
+  cp "$REPO/deployments/docker/postgres-entrypoint.sh" "$context/"
+  DOCKER_BUILDKIT=1 $DOCKER build --quiet -f "$REPO/deployments/docker/postgres.Dockerfile" \
+    --build-arg ROOTFS="$POSTGRES_IMAGE-rootfs" -t "$POSTGRES_IMAGE" "$context" >/dev/null
+  $DOCKER image rm "$POSTGRES_IMAGE-rootfs" >/dev/null
+}
+
 case "${1:-all}" in
   start) start ;;
   stop) stop ;;
@@ -86,6 +107,7 @@ case "${1:-all}" in
   wheels) wheels ;;
   base) base ;;
   images) images ;;
-  all) start; wheels; base; images ;;
-  *) echo "usage: $0 [start|wheels|base|images|stop|clean|all]" >&2; exit 2 ;;
+  postgres) postgres ;;
+  all) start; wheels; base; images; postgres ;;
+  *) echo "usage: $0 [start|wheels|base|images|postgres|stop|clean|all]" >&2; exit 2 ;;
 esac
