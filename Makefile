@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
-SYSTEM_PACKAGES ?= chromium chromium-driver
+SYSTEM_PACKAGES ?= chromium chromium-driver docker-compose
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install system-deps run test test-containers up down bench lint clean
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Debian packages the tests use (headless Chromium for the chat page); installed only when missing.
+# Debian packages the tests use (headless Chromium for the chat page; docker-compose checks the compose file,
+# no engine needed); installed only when missing.
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -34,14 +35,15 @@ test: install system-deps
 	@if [ "$$(id -u)" = 0 ] && [ "$(CONTAINERS)" != 0 ]; then $(MAKE) --no-print-directory test-containers; \
 	else echo "container images: not built (needs root; CONTAINERS=0 skips)"; fi
 
-# Container images built and run for real: a private root dockerd (Debian docker.io), a mmdebstrap base,
-# wheels built on the host; then tests/test_images.py with the running-container tests enabled.
+# Container images built and run for real: a private root dockerd (Debian docker.io), mmdebstrap bases (Python;
+# PostgreSQL for compose), wheels built on the host; then tests/test_images.py with the running-container tests
+# and tests/test_compose.py with the whole compose stack up (Debian's docker-compose), enabled.
 test-containers: install
-	@missing=$$(for p in docker.io mmdebstrap; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	@missing=$$(for p in docker.io mmdebstrap docker-compose; do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 	@trap 'deployments/docker/build.sh clean' EXIT; deployments/docker/build.sh all && \
 	  CONVEYOR_TEST_CONTAINERS=1 DOCKER_HOST=unix://$(CURDIR)/.conveyor/docker/docker.sock \
-	  $(BIN)/python -m pytest tests/test_images.py
+	  $(BIN)/python -m pytest tests/test_images.py tests/test_compose.py
 
 up: install
 	$(BIN)/conveyor up
