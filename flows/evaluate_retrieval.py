@@ -85,13 +85,15 @@ def publish(folder: Path, result: dict, run_path: str) -> None:
         description=f"evaluate-retrieval on {folder}",
     )
     with tracking.start_run(EXPERIMENT, run_name=folder.name, tags={"collection": str(folder)}):
-        mlflow.log_params({
-            "collection": str(folder),
-            "embedding_model": settings.embedding_model,
-            "chunk_tokens": settings.chunk_tokens,
-            "chunk_overlap_tokens": settings.chunk_overlap_tokens,
-            "fusion": settings.retrieval_fusion,
-        })
+        mlflow.log_params(
+            {
+                "collection": str(folder),
+                "embedding_model": settings.embedding_model,
+                "chunk_tokens": settings.chunk_tokens,
+                "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+                "fusion": settings.retrieval_fusion,
+            }
+        )
         mlflow.log_metrics({name.replace("@", "_at_"): result[name] for name in [*MEASURES, "n_queries"]})
         mlflow.log_artifact(run_path)
 
