@@ -9,7 +9,7 @@ import argparse
 from typing import ClassVar
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from conveyor import tracking
 from conveyor.registry import PromotionDecision
@@ -21,6 +21,7 @@ EXPERIMENT = "train-tabular"
 
 
 class ForestConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     n_estimators: int = Field(100, ge=1)
     max_depth: int | None = Field(None, ge=1)
     min_samples_leaf: int = Field(1, ge=1)

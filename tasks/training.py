@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
+import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -53,7 +54,7 @@ class DatasetRef(BaseModel):
             "conveyor.dataset_version": str(self.version),
             "conveyor.dataset_sha256": self.sha256,
             "dvc.md5": self.md5,
-            "dvc.tracked": str(_dvc_tracks(self.md5)).lower(),
+            "dvc.tracked": str(dvc_tracks(Path(self.path), self.md5)).lower(),
         }
 
 
@@ -200,6 +201,18 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def _dvc_tracks(md5: str) -> bool:
-    lock = REPO / "dvc.lock"
-    return lock.is_file() and md5 in lock.read_text()
+def dvc_tracks(path: Path, md5: str, repo: Path = REPO) -> bool:
+    """Whether this exact file is what DVC locked: inside a locked output whose manifest lists its md5."""
+    lock = repo / "dvc.lock"
+    if not lock.is_file():
+        return False
+    for stage in yaml.safe_load(lock.read_text()).get("stages", {}).values():
+        for out in stage.get("outs", []):
+            folder = (repo / out["path"]).resolve()
+            if not path.resolve().is_relative_to(folder):
+                continue
+            digest = out.get("md5", "")
+            manifest = repo / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+            entries = json.loads(manifest.read_text()) if manifest.is_file() else []
+            return any(folder / e["relpath"] == path.resolve() and e["md5"] == md5 for e in entries)
+    return False

@@ -5,6 +5,7 @@ The whole pipeline, every stage for real, is in test_dvc_pipeline.py.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tasks.training import dvc_tracks
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -80,6 +83,13 @@ class TestRepro:
         out = dvc("repro", "prepare-data", cwd=scratch)
         assert "Running stage" not in out
         assert "didn't change" in out or "up to date" in out
+
+    def test_training_runs_know_whether_dvc_tracks_their_csv(self, scratch: Path):
+        csv = scratch / "data" / "tabular" / "breast_cancer.csv"
+        md5 = hashlib.md5(csv.read_bytes()).hexdigest()
+        assert dvc_tracks(csv, md5, repo=scratch)
+        assert not dvc_tracks(csv, "0" * 32, repo=scratch)  # edited after the lock
+        assert not dvc_tracks(scratch / "elsewhere.csv", md5, repo=scratch)
 
     def test_a_changed_dependency_reruns_the_stage(self, scratch: Path):
         with (scratch / "README.md").open("a") as readme:

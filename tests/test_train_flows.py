@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from pydantic import ValidationError
 
 from conveyor import datasets, registry, tracking
 from conveyor.training.fit import ModelConfig
@@ -84,6 +85,20 @@ class TestTrainTabular:
             state.result()
         assert problem in str(failure.value)
         assert len(tracking.client().search_runs([tracking.experiment_id("train-tabular")])) == runs_before
+
+
+@pytest.mark.parametrize(
+    ("params", "settings"),
+    [
+        (TrainTabularParams, {"n_estimators": 3}),  # belongs under `forest`
+        (TrainTabularParams, {"forest": {"n_estimator": 3}}),
+        (TrainModelParams, {"epoch": 3}),
+        (TrainModelParams, {"model": {"hiden": 8}}),
+    ],
+)
+def test_a_mistyped_setting_is_refused_not_ignored(params, settings):
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        params.model_validate(settings)
 
 
 class TestTrainModel:

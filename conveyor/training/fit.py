@@ -19,7 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from conveyor.training.data import TabularDataModule
 from conveyor.training.model import TabularClassifier
@@ -28,6 +28,7 @@ LAST_CHECKPOINT_ARTIFACT = "last/last.ckpt"
 
 
 class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     hidden: int = 32
     layers: int = 2
     dropout: float = 0.1

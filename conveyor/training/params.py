@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class TrainingParams(BaseModel):
     """The data and the registered model of a training flow; each flow adds its own settings."""
 
+    model_config = ConfigDict(extra="forbid")  # a mistyped setting is an error, not a silent default
     model_kind: ClassVar[str]  # the default registered name is '<dataset>-<model_kind>'
 
     dataset: str = Field("breast_cancer", description="Catalog dataset id: built-in or uploaded CSV.")
