@@ -342,7 +342,6 @@ class TestComposeStackRuns:
                 {"prefect.deployments.steps.set_working_directory": {"directory": "/tmp/check"}},
                 {"prefect.deployments.steps.run_shell_script": {"script": write_flow}},
             ],
-            "job_variables": {"networks": ["conveyor"]},
         }
         status, body = http("POST", f"{api}/deployments/", deployment)
         assert status in (200, 201), body
