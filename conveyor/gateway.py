@@ -78,14 +78,10 @@ def _each_domain(function, names: list[str], *args) -> list[retrieval.Candidate]
     return sorted((c for job in jobs for c in job.result()), key=lambda c: -c.score)
 
 
-def _feedback_vector(vector, top: list[retrieval.Candidate]):
+def _feedback_vector(vector: np.ndarray, top: list[retrieval.Candidate]) -> np.ndarray:
     """The query embedding moved towards the stored embeddings of the top documents' passages."""
-    weight = get_settings().retrieval_feedback_weight
-    by_domain: dict[str, list[str]] = {}
-    for candidate in top:
-        by_domain.setdefault(candidate.domain, []).append(candidate.row["chunk_id"])
-    feedback = [retrieval.chunk_vectors(domain, ids) for domain, ids in by_domain.items()]
-    return retrieval.rocchio(vector, np.concatenate(feedback), weight)
+    feedback = np.asarray([candidate.row["vector"] for candidate in top], dtype=np.float32)
+    return retrieval.rocchio(vector, feedback, get_settings().retrieval_feedback_weight)
 
 
 def search(query: str, domains: list[str] | None = None, k: int = 10) -> list[Passage]:

@@ -11,13 +11,15 @@ from functools import cache
 import lancedb
 import pyarrow as pa
 from filelock import FileLock, Timeout
-from lancedb.index import FTS
+from lancedb.index import FTS, HnswSq
 
 from conveyor.settings import get_settings
 
 DOMAIN_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 TABLE_PREFIX = "domain_"
 SEARCH_COLUMN = "search_text"
+TEXT_INDEX = f"{SEARCH_COLUMN}_idx"
+VECTOR_INDEX = "vector_idx"
 PAYLOAD_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "title", "section", "text", "metadata"]
 
 
@@ -137,17 +139,20 @@ def apply_changes(
 
 
 def refresh_indexes(domain: str) -> dict[str, int]:
-    """Make every row full-text searchable (build or incrementally update the FTS index), compact,
-    drop versions older than a day; returns row, index coverage and version figures."""
+    """Make every row full-text searchable (build or incrementally update the FTS index), add an ANN vector
+    index once the domain is large enough for it to pay, compact, drop versions older than a day; returns
+    row, full-text index coverage and version figures."""
     table = open_domain(domain)
     if table is None:
         return {"rows": 0, "indexed_rows": 0, "unindexed_rows": 0, "version": 0}
-    index_name = f"{SEARCH_COLUMN}_idx"
-    if index_name not in {index.name for index in table.list_indices()}:
-        table.create_index(SEARCH_COLUMN, config=FTS(), name=index_name)
-    else:
+    existing = {index.name for index in table.list_indices()}
+    if TEXT_INDEX not in existing:
+        table.create_index(SEARCH_COLUMN, config=FTS(), name=TEXT_INDEX)
+    if VECTOR_INDEX not in existing and table.count_rows() >= get_settings().vector_index_min_rows:
+        table.create_index("vector", config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
+    if existing:  # folds rows added since into the existing indexes
         table.optimize(cleanup_older_than=timedelta(days=1))
-    stats = table.index_stats(index_name)
+    stats = table.index_stats(TEXT_INDEX)
     return {
         "rows": table.count_rows(),
         "indexed_rows": stats.num_indexed_rows if stats else 0,

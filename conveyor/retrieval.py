@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import pyarrow as pa
 
 from conveyor import knowledge
 
 Fusion = Literal["rrf", "convex"]
+CANDIDATE_COLUMNS = [*knowledge.PAYLOAD_COLUMNS, "vector"]  # the stored embedding serves feedback
 
 
 @dataclass
@@ -38,6 +40,14 @@ def _best_per_document(domain: str, rows: list[dict], scores: list[float]) -> li
     return sorted(best.values(), key=lambda c: -c.score)
 
 
+def _rows(found: pa.Table) -> list[dict]:
+    """Result rows as dicts; the embedding stays a numpy row (a Python list of 384 floats costs more)."""
+    vectors = found["vector"].combine_chunks()
+    matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
+    rows = found.drop(["vector"]).to_pylist()
+    return [row | {"vector": vector} for row, vector in zip(rows, matrix, strict=True)]
+
+
 def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[Candidate]:
     """Documents by the cosine similarity of their best chunk to the query."""
     table = knowledge.open_domain(domain)
@@ -46,11 +56,11 @@ def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[
     rows = (
         table.search(query_vector, vector_column_name="vector")
         .distance_type("cosine")
-        .select([*knowledge.PAYLOAD_COLUMNS, "_distance"])
+        .select([*CANDIDATE_COLUMNS, "_distance"])
         .limit(depth)
-        .to_list()
+        .to_arrow()
     )
-    return _best_per_document(domain, rows, [1.0 - row["_distance"] for row in rows])
+    return _best_per_document(domain, _rows(rows), [1.0 - d for d in rows["_distance"].to_pylist()])
 
 
 def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
@@ -60,26 +70,11 @@ def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
         return []
     rows = (
         table.search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
-        .select([*knowledge.PAYLOAD_COLUMNS, "_score"])
+        .select([*CANDIDATE_COLUMNS, "_score"])
         .limit(depth)
-        .to_list()
-    )
-    return _best_per_document(domain, rows, [row["_score"] for row in rows])
-
-
-def chunk_vectors(domain: str, chunk_ids: list[str]) -> np.ndarray:
-    """Stored embeddings of the given chunks of one domain (rows in no particular order)."""
-    table = knowledge.open_domain(domain)
-    if table is None or not chunk_ids:
-        return np.zeros((0, 0), dtype=np.float32)
-    rows = (
-        table.search()
-        .where(knowledge.in_list("chunk_id", chunk_ids))
-        .select(["vector"])
-        .limit(len(chunk_ids))
         .to_arrow()
     )
-    return np.asarray(rows["vector"].to_pylist(), dtype=np.float32)
+    return _best_per_document(domain, _rows(rows), rows["_score"].to_pylist())
 
 
 def rocchio(query_vector: np.ndarray, feedback: np.ndarray, weight: float) -> np.ndarray:
@@ -125,6 +120,4 @@ def fuse(
         scores = convex([dense, text], [dense_weight, 1.0 - dense_weight])
     representative = {_key(c): c for c in text} | {_key(c): c for c in dense}
     ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-    return [
-        Candidate(key[0], key[1], score, representative[key].row) for key, score in ranked
-    ]
+    return [Candidate(key[0], key[1], score, representative[key].row) for key, score in ranked]

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks.")
     max_document_bytes: int = Field(20_000_000, ge=1, description="Larger source files are skipped.")
     index_lock_timeout_s: float = Field(600.0, ge=0, description="Wait for another run on the same domain.")
+    vector_index_min_rows: int = Field(
+        10_000, ge=1, description="Chunks from which a domain gets an ANN (IVF-HNSW-SQ) vector index."
+    )
     retrieval_fusion: Literal["rrf", "convex"] = Field(
         "convex", description="How dense and BM25 lists merge."
     )

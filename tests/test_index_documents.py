@@ -10,6 +10,7 @@ from pypdf import PdfWriter
 
 from conveyor import gateway, knowledge
 from conveyor.loaders import iter_source
+from conveyor.settings import reset_settings
 from flows.index_documents import index_documents
 from tasks.indexing import embed_batch, plan_changes, stage_source
 
@@ -79,8 +80,19 @@ class TestLoading:
         items = list(iter_source(str(corpus), max_bytes=10_000))
         assert [i.id for i in items if hasattr(i, "id")] == ["a"]
         assert [i.reason.split(":")[0] for i in items if hasattr(i, "reason")] == [
-            "invalid JSON", "missing text", "expected a JSON object"
+            "invalid JSON",
+            "missing text",
+            "expected a JSON object",
         ]
+
+
+@pytest.fixture
+def vector_index_from_4_rows(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_VECTOR_INDEX_MIN_ROWS", "4")
+    reset_settings()
+    yield
+    monkeypatch.undo()
+    reset_settings()
 
 
 class TestIndexDocuments:
@@ -110,6 +122,28 @@ class TestIndexDocuments:
         assert "pools.md" not in {r["doc_id"] for r in _rows("docs-flow")}
         assert pruned.rows == len(_rows("docs-flow")) == pruned.indexed_rows
 
+    def test_a_large_domain_gets_a_vector_index_kept_up_to_date(self, source: Path, vector_index_from_4_rows):
+        (source / "more.md").write_text(
+            "# More\n\n" + "\n\n".join(f"## Part {n}\n\nPart {n} of {n * 7}." for n in range(6))
+        )
+        first = index_documents(domain="docs-ann", source=str(source))
+        table = knowledge.open_domain("docs-ann")
+        assert first.rows >= 4 and knowledge.VECTOR_INDEX in {i.name for i in table.list_indices()}
+        top = gateway.search("which model version does the champion alias point to", ["docs-ann"], k=1)[0]
+        assert top.doc_id == "guides/mlflow.html"
+
+        (source / "lance.txt").write_text("Tantivy tokenizes text for keyword search with stemming.")
+        index_documents(domain="docs-ann", source=str(source))
+        stats = knowledge.open_domain("docs-ann").index_stats(knowledge.VECTOR_INDEX)
+        assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == len(_rows("docs-ann"))
+        assert gateway.search("tantivy stemming", ["docs-ann"], k=1)[0].doc_id == "lance.txt"
+
+    def test_a_small_domain_is_searched_exhaustively(self, source: Path):
+        index_documents(domain="docs-flat", source=str(source))
+        assert knowledge.VECTOR_INDEX not in {
+            i.name for i in knowledge.open_domain("docs-flat").list_indices()
+        }
+
     def test_posted_documents_with_bad_entries(self):
         report = index_documents(
             domain="posted",
@@ -122,7 +156,9 @@ class TestIndexDocuments:
         )
         assert report.added == 1
         assert sorted(s.reason for s in report.skipped) == [
-            "duplicate document id (first one kept)", "missing id", "missing text"
+            "duplicate document id (first one kept)",
+            "missing id",
+            "missing text",
         ]
         [hit] = gateway.search("forgot my password", ["posted"], k=1)
         assert hit.metadata["lang"] == "en"
