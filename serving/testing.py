@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,16 @@ import uvicorn
 from fastapi import FastAPI
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def poll(probe: Callable[[], Any], deadline_s: float, what: str, every_s: float = 1.0) -> Any:
+    """The first truthy result of `probe`; AssertionError naming `what` if none came within the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if result := probe():
+            return result
+        time.sleep(every_s)
+    raise AssertionError(f"not seen: {what} within {deadline_s:.0f} s")
 
 
 def free_port() -> int:

@@ -30,6 +30,8 @@ import jsonschema
 import pytest
 import yaml
 
+from serving.testing import poll
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_DIR = REPO / "deployments" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -226,15 +228,6 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, str] | N
         return error.code, error.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
-
-
-def poll(probe, deadline_s: float, what: str):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if result := probe():
-            return result
-        time.sleep(2)
-    pytest.fail(f"{what} within {deadline_s:.0f} s")
 
 
 class Stack:

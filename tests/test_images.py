@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from conveyor import workpools
+from serving.testing import poll
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "deployments" / "docker" / "Dockerfile"
@@ -134,16 +135,6 @@ def docker(*args: str) -> str:
     done = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
     return done.stdout.strip()
-
-
-def poll(probe, deadline_s: float, what: str):
-    """The first truthy result of `probe`, or a failure naming what never happened."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if result := probe():
-            return result
-        time.sleep(1)
-    pytest.fail(f"{what} within {deadline_s:.0f} s")
 
 
 def get_json(url: str) -> tuple[int, dict] | None:
