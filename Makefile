@@ -10,7 +10,11 @@ export PYTHONUNBUFFERED := 1
 .PHONY: install system-deps run test test-containers up down bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	@test -x $(BIN)/python || { py=$$(command -v $(PYTHON) || command -v python3); \
+	  $$py -c 'import sys; sys.exit(not (3, 11, 5) <= sys.version_info < (3, 12))' || { \
+	    echo "Conveyor needs Python 3.11.5 or a newer 3.11 (pins such as soupsieve 4.1 require it);" \
+	      "$$py is $$($$py -V 2>&1): make PYTHON=/path/to/python3.11 ..."; exit 1; }; \
+	  $$py -m venv $(VENV); }
 	@echo "installing Conveyor into $(VENV) (first time: several minutes; llama-cpp-python compiles); log: $(VENV)/install.log"
 	@{ $(BIN)/pip install torch==2.13.0 && $(BIN)/pip install -c constraints.txt -e '.[dev]'; } > $(VENV)/install.log 2>&1 \
 	  || { tail -30 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
