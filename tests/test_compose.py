@@ -357,8 +357,14 @@ class TestComposeStackRuns:
         if state["type"] != "COMPLETED":
             worker_log = stack.compose("logs", "--no-color", "--tail=40", "prefect-worker")
             pytest.fail(f"{state['type']}: {state['message']}\n{worker_log}")
-        _, logs = http("POST", f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
-        assert f"hello from the docker pool: {token}" in [log["message"] for log in json.loads(logs)]
+
+        def greeting_logged():  # the server stores shipped logs asynchronously: they may trail the state
+            answer = http("POST", f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}})
+            if not answer or answer[0] != 200:
+                return False
+            return f"hello from the docker pool: {token}" in [log["message"] for log in json.loads(answer[1])]
+
+        assert poll(greeting_logged, 60, "the flow's log line in Prefect")
         assert stack.compose("exec", "-T", "api", "cat", "/var/lib/conveyor/compose-check.txt") == token
 
     def test_mlflow_answers_and_keeps_experiments_in_postgres(self, stack: Stack):
