@@ -389,10 +389,9 @@ class TestComposeStackRuns:
         assert stored == "hello"
 
     def test_api_is_healthy_and_ready_with_every_store(self, stack: Stack):
-        assert http("GET", "http://127.0.0.1:8000/health") == (
-            200,
-            json.dumps({"status": "ok"}, separators=(",", ":")),
-        )
+        # The API serves once it has loaded its models (the first start also assembles the LLM file).
+        health = poll(lambda: http("GET", "http://127.0.0.1:8000/health"), 300, "the API answered /health")
+        assert health == (200, json.dumps({"status": "ok"}, separators=(",", ":")))
 
         last: list = [None]
 
