@@ -40,6 +40,11 @@ class ChatUnavailable(LLMUnavailable):
         super().__init__(reply.error or "no answer from the language model")
         self.reply = reply
 
+    @property
+    def found(self) -> dict:
+        """What the client gets besides the reason: the agent and the sources it had retrieved."""
+        return {"agent": self.reply.agent, "sources": self.reply.sources}
+
 
 class ChatEvent(BaseModel):
     type: Literal["token", "final"]

@@ -146,16 +146,17 @@ def refresh_indexes(domain: str) -> dict[str, int]:
     if table is None:
         return {"rows": 0, "indexed_rows": 0, "unindexed_rows": 0, "version": 0}
     existing = {index.name for index in table.list_indices()}
+    rows = table.count_rows()
     if TEXT_INDEX not in existing:
         table.create_index(SEARCH_COLUMN, config=FTS(), name=TEXT_INDEX)
-    if VECTOR_INDEX not in existing and table.count_rows() >= get_settings().vector_index_min_rows:
+    if VECTOR_INDEX not in existing and rows >= get_settings().vector_index_min_rows:
         table.create_index("vector", config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
     if existing:  # folds rows added since into the existing indexes
         table.optimize(cleanup_older_than=timedelta(days=1))
     stats = table.index_stats(TEXT_INDEX)
     return {
-        "rows": table.count_rows(),
+        "rows": rows,
         "indexed_rows": stats.num_indexed_rows if stats else 0,
-        "unindexed_rows": stats.num_unindexed_rows if stats else table.count_rows(),
+        "unindexed_rows": stats.num_unindexed_rows if stats else rows,
         "version": table.version,
     }

@@ -12,7 +12,7 @@ from prefect.settings import PREFECT_API_URL
 
 from conveyor import gateway
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
-from serving.testing import ProcessServer, login
+from serving.testing import ProcessServer, login, poll
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DOCUMENTS = [
@@ -58,12 +58,13 @@ def wait_for_run(api, auth, run_id: str, timeout_s: float = 600) -> dict:
 
 def wait_for_state(run_id: uuid.UUID, timeout_s: float = 600) -> FlowRun:
     """The flow run once its state is final, read from Prefect itself."""
-    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        while (run := client.read_flow_run(run_id)).state is None or not run.state.is_final():
-            assert time.monotonic() < deadline, f"run {run_id} did not finish: {run.state}"
-            time.sleep(1)
-    return run
+
+        def finished() -> FlowRun | None:
+            run = client.read_flow_run(run_id)
+            return run if run.state is not None and run.state.is_final() else None
+
+        return poll(finished, timeout_s, f"flow run {run_id} in a final state")
 
 
 class TestRag:

@@ -51,11 +51,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LLMUnavailable)
     async def llm_unavailable(request: Request, exc: LLMUnavailable) -> JSONResponse:
-        found = (
-            {"agent": exc.reply.agent, "sources": exc.reply.sources}
-            if isinstance(exc, ChatUnavailable)
-            else {}
-        )
+        found = exc.found if isinstance(exc, ChatUnavailable) else {}
         return error_response(request, 503, redact(f"the language model is unavailable: {exc}"), **found)
 
     @app.exception_handler(GenerationTimeout)

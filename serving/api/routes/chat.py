@@ -115,7 +115,7 @@ async def chat_stream(
 
 def _stream_failure(exc: Exception) -> dict[str, Any]:
     if isinstance(exc, agent_chat.ChatUnavailable):
-        return {"detail": str(exc), "agent": exc.reply.agent, "sources": exc.reply.sources}
+        return {"detail": str(exc), **exc.found}
     if isinstance(exc, LLMUnavailable | GenerationTimeout):
         return {"detail": str(exc)}
     return {"detail": "the answer failed on the server; see the logs with the request id"}
