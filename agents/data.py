@@ -11,7 +11,7 @@ from agents import memory
 from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.codegen import write_code
 from agents.llm import LLMUnavailable
-from agents.sandbox import run_code
+from agents.sandbox import SandboxUnavailable, run_code
 from conveyor import datasets
 
 NAME = "data"
@@ -155,10 +155,15 @@ def analyze(request: DataRequest) -> AgentResult:
             run = None
     except LLMUnavailable as exc:
         errors = [f"LLM unavailable: {exc}"]
+    except SandboxUnavailable as exc:
+        return AgentResult(agent=NAME, answer=f"Cannot run the analysis: {exc}", ok=False, error=str(exc))
     fallback = run is None
     if fallback:
         code = profile_code(dataset_id, chart)
-        run = run_code(code, files=files)
+        try:
+            run = run_code(code, files=files)
+        except SandboxUnavailable as exc:
+            return AgentResult(agent=NAME, answer=f"Cannot run the analysis: {exc}", ok=False, error=str(exc))
     if not run.ok:
         return AgentResult(
             agent=NAME,

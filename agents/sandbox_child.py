@@ -1,65 +1,17 @@
-"""Sandbox child: confine this process (no network, limits, scratch-only files), then run the code."""
+"""Sandbox child: set the resource limits, then run the code and write its outcome into scratch.
+
+Isolation is the job of the operating system around this process (agents/isolation.py), not of Python:
+this script only applies the rlimits and carries results back.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
 import sys
-import sysconfig
 import traceback
 from pathlib import Path
-
-CLONE_NEWNET = 0x40000000
-NOBODY = 65534
-WRITE_EVENTS = {
-    "os.remove",
-    "os.rename",
-    "os.replace",
-    "os.mkdir",
-    "os.rmdir",
-    "os.symlink",
-    "os.link",
-    "os.chmod",
-    "os.chown",
-    "os.truncate",
-    "os.utime",
-    "shutil.rmtree",
-    "shutil.copyfile",
-    "shutil.move",
-    "os.chdir",
-}
-LIST_EVENTS = {"os.listdir", "os.scandir", "glob.glob"}
-BLOCKED_PREFIXES = (
-    "socket.",
-    "subprocess.",
-    "os.system",
-    "os.exec",
-    "os.posix_spawn",
-    "os.spawn",
-    "os.fork",
-    "os.forkpty",
-    "os.kill",
-    "os.killpg",
-    "pty.",
-    "ctypes.dlopen",
-    "ctypes.dlsym",
-    "ctypes.cdata",
-    "urllib.",
-    "http.",
-    "ftplib.",
-    "smtplib.",
-    "webbrowser.",
-)
-
-
-def isolate_network() -> str:
-    """A fresh network namespace has no interfaces: every connection fails. Needs root."""
-    if os.geteuid() != 0:
-        return "audit-hook"
-    libc = ctypes.CDLL(None, use_errno=True)
-    return "namespace" if libc.unshare(CLONE_NEWNET) == 0 else "audit-hook"
 
 
 def apply_limits(limits: dict) -> None:
@@ -73,59 +25,6 @@ def apply_limits(limits: dict) -> None:
     ):
         hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU first, SIGKILL a second later
         resource.setrlimit(getattr(resource, name), (value, hard))
-
-
-def world_readable(path: str) -> bool:
-    """Whether another user can reach `path` (every parent folder searchable, the path itself readable)."""
-    parts = Path(path).parts
-    for depth in range(1, len(parts) + 1):
-        mode = os.stat(Path(*parts[:depth])).st_mode
-        if not mode & 0o001 or (depth == len(parts) and not mode & 0o004):
-            return False
-    return True
-
-
-def drop_privileges(roots: list[str]) -> str:
-    """Become `nobody` when root, unless the interpreter's own files would become unreadable."""
-    if os.geteuid() != 0 or not all(world_readable(r) for r in roots if os.path.isdir(r)):
-        return str(os.geteuid())
-    os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
-    return "nobody"
-
-
-def read_roots() -> list[str]:
-    paths = sysconfig.get_paths()
-    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")} | set(sys.path[1:])
-    roots |= {"/usr/share/zoneinfo", "/usr/share/fonts", "/dev/null", "/dev/urandom"}
-    return sorted(os.path.realpath(r) for r in roots if r and os.path.exists(r))
-
-
-def install_guard(scratch: str, roots: list[str]) -> None:
-    """An audit hook that refuses network, processes, native loading and files outside scratch."""
-    readable = [scratch, *roots]
-
-    def inside(path, roots: list[str]) -> bool:
-        if isinstance(path, int) or path is None:
-            return True
-        real = os.path.realpath(os.fsdecode(path))
-        return any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
-
-    def guard(event: str, args: tuple) -> None:
-        if event.startswith(BLOCKED_PREFIXES):
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "open":
-            path, mode, flags = args
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (flags or 0) & 0o3
-            if not inside(path, [scratch] if writing else readable):
-                raise PermissionError(f"sandbox: no access to {path!r} outside the scratch folder")
-        elif event in WRITE_EVENTS and not all(inside(a, [scratch]) for a in args[:2] if isinstance(a, str)):
-            raise PermissionError(f"sandbox: {event} outside the scratch folder")
-        elif event in LIST_EVENTS and args and not inside(args[0] or ".", readable):
-            raise PermissionError(f"sandbox: {event} outside the scratch folder")
-
-    sys.addaudithook(guard)
 
 
 def to_json(value):
@@ -150,16 +49,12 @@ def save_open_figures(scratch: Path) -> None:
 def main() -> None:
     config = json.loads(sys.argv[1])
     scratch = Path(config["scratch"])
-    network = isolate_network()
-    for module in config["preload"]:
-        __import__(module)  # trusted imports before confinement (they read the interpreter's files)
-    roots = read_roots()
-    apply_limits(config["limits"])
-    user = drop_privileges(roots)
     os.chdir(scratch)
+    for module in config["preload"]:
+        __import__(module)  # before the limits: library start-up is not the code's budget
+    apply_limits(config["limits"])
     sys.path[:] = [p for p in sys.path if p]
-    install_guard(str(scratch.resolve()), roots)
-    outcome: dict = {"network": network, "user": user}
+    outcome: dict = {}
     namespace = {"__name__": "__main__"}
     try:
         exec(compile(config["code"], "<agent-code>", "exec"), namespace)

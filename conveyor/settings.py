@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     home: Path = Field(Path(".conveyor"), description="State folder for every local store.")
     data_dir: Path = Field(Path("data"), description="Datasets and knowledge-base sources (DVC-tracked).")
-    benchmarks_dir: Path = Field(Path("../shared/benchmarks"), description="BEIR-layout IR collections.")
+    benchmarks_dir: Path = Field(Path("data/benchmarks"), description="BEIR-layout IR collections.")
 
     # Orchestration and tracking
     prefect_api_url: str | None = Field(None, description="Prefect API; unset = local embedded server.")
@@ -33,6 +33,14 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, description="Unset = SQLite under the state folder.")
     mlflow_port: int = 5000
     work_pool: str = "local"
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="Where mapped tasks run: this process's threads or a Dask cluster."
+    )
+    dask_address: str | None = Field(None, description="A running Dask scheduler; unset = a new cluster.")
+    dask_cluster_class: str = Field("distributed.LocalCluster", description="Temporary cluster per flow run.")
+    dask_cluster_kwargs: dict[str, Any] = Field(
+        {"n_workers": 2, "threads_per_worker": 1}, description="Arguments of `dask_cluster_class` (JSON)."
+    )
 
     # Knowledge store and embeddings
     lancedb_uri: str | None = Field(None, description="Unset = a LanceDB folder under the state folder.")
@@ -43,6 +51,11 @@ class Settings(BaseSettings):
     chunk_overlap_tokens: int = Field(32, ge=0, description="Tokens repeated between consecutive chunks.")
     max_document_bytes: int = Field(20_000_000, ge=1, description="Larger source files are skipped.")
     index_lock_timeout_s: float = Field(600.0, ge=0, description="Wait for another run on the same domain.")
+    index_lock_lease_s: float = Field(
+        300.0, ge=60, le=86_400, description="Lease of a run's Prefect slot on its domain: a dead run's ends."
+    )
+    embedding_task_chunks: int = Field(512, ge=1, description="Chunks per embedding task (the fan-out unit).")
+    evaluation_task_queries: int = Field(50, ge=1, description="Queries per evaluate-retrieval task.")
     vector_index_min_rows: int = Field(
         10_000, ge=1, description="Chunks from which a domain gets an ANN (IVF-HNSW-SQ) vector index."
     )
@@ -52,6 +65,9 @@ class Settings(BaseSettings):
     retrieval_feedback_docs: int = Field(3, ge=0, le=20, description="Top documents for dense PRF; 0 = off.")
     retrieval_feedback_weight: float = Field(
         1.0, ge=0, description="Rocchio weight of the feedback centroid."
+    )
+    gateway_domain_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a query waits for a domain before reporting it failed."
     )
 
     # LLM
@@ -63,6 +79,13 @@ class Settings(BaseSettings):
     llm_context: int = Field(4096, ge=512)
     llm_timeout_s: float = Field(120.0, gt=0)
 
+    # Sandbox for model-written code
+    sandbox_isolation: Literal["bubblewrap", "process"] = Field(
+        "bubblewrap",
+        description="bubblewrap = OS isolation (refuses to run without it); process = resource limits only, "
+        "for a trusted single-user machine.",
+    )
+
     # Serving
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -72,6 +95,15 @@ class Settings(BaseSettings):
     admin_username: str = "admin"
     admin_password: SecretStr | None = None
     api_rate_limit_per_minute: int = Field(120, ge=1, description="Authenticated API requests per user.")
+    api_login_attempts_per_minute: int = Field(30, ge=1, description="Sign-in attempts per client address.")
+    api_login_max_failures: int = Field(20, ge=1, description="Failed sign-ins that lock an account.")
+    api_login_lockout_minutes: int = Field(
+        15, ge=1, description="How long a locked account refuses sign-in; failures count within it."
+    )
+    rate_limit_storage_url: str | None = Field(
+        None, description="`limits` storage shared by API replicas (redis://...); unset = the API database."
+    )
+    api_ready_cache_s: float = Field(10.0, ge=0, description="How long /ready reuses the model's answer.")
     api_max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest JSON request body.")
     api_max_upload_bytes: int = Field(20_000_000, ge=1024, description="Largest CSV upload to /datasets.")
 
@@ -110,6 +142,13 @@ class Settings(BaseSettings):
         if self.admin_password:
             return self.admin_password.get_secret_value()
         return DEVELOPMENT_ADMIN_PASSWORD if self.environment == "development" else None
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """Run folders of the sandbox (scratch + captured output), removed after each run."""
+        folder = self.state_dir / "sandbox"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     @property
     def prefect_home(self) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from flows.evaluate_retrieval import evaluate_retrieval, main
 
-CRANFIELD = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "cranfield" / "corpus.jsonl"
+CRANFIELD = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cranfield" / "corpus.jsonl"
 KEYS = {"ndcg@10", "recall@100", "mrr@10", "map@100", "n_queries"}
 
 
