@@ -9,7 +9,7 @@ from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.codegen import write_code
 from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find_dataset
 from agents.llm import LLMUnavailable
-from agents.sandbox import SandboxResult
+from agents.sandbox import SandboxResult, SandboxUnavailable
 
 NAME = "code"
 CODE_DOMAIN = "python"
@@ -81,6 +81,8 @@ def write(request: CodeRequest) -> AgentResult:
         return AgentResult.without_llm(
             NAME, exc, f"The language model is unavailable: {exc}", sources=sources
         )
+    except SandboxUnavailable as exc:
+        return AgentResult(agent=NAME, ok=False, error=str(exc), sources=sources, answer=f"Not run: {exc}")
     run = attempt.run
     if attempt.ok:
         status = "it ran in the sandbox and showed output" if run else "it parses"
@@ -103,6 +105,7 @@ def write(request: CodeRequest) -> AgentResult:
             "errors": attempt.errors,
             "stdout": run.stdout[:2000] if run else "",
             "result": run.result if run else None,
+            "isolation": run.isolation if run else None,
         },
     )
 

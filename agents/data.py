@@ -183,6 +183,7 @@ def analyze(request: DataRequest) -> AgentResult:
             "fallback": fallback,
             "errors": errors,
             "stdout": run.stdout[:2000],
+            "isolation": run.isolation,
         },
     )
 

@@ -95,6 +95,23 @@ class TestData:
             assert any(abs(n - total) <= 0.01 * abs(total) for n in computed), (total, out.data["code"])
         assert out.answer == data.render_answer("sales_2024", out.data["result"], out.data["fallback"])
 
+    def test_the_analysis_ran_under_os_isolation(self, settings):
+        out = data.AGENT("How many rows does sales_2024.csv have?")
+        assert out.ok and out.data["isolation"] == "bubblewrap"
+        assert len(load("sales_2024")) in numbers_in(out.data["result"])
+
+    def test_without_isolation_the_step_fails_and_names_the_setting(self, settings, monkeypatch, tmp_path):
+        from agents import isolation
+
+        monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
+        isolation.check_available.cache_clear()
+        try:
+            out = data.AGENT("What is the total revenue per region in sales_2024.csv?")
+        finally:
+            monkeypatch.undo()
+            isolation.check_available.cache_clear()
+        assert not out.ok and "CONVEYOR_SANDBOX_ISOLATION" in out.error and "bwrap" in out.error
+
     def test_chart_is_returned_as_png(self, settings):
         out = data.AGENT("Plot the number of units sold per category in sales_2024.csv as a bar chart")
         assert out.ok and out.figures
@@ -116,6 +133,7 @@ class TestCode:
         code = out.data["code"]
         compile(code, "<generated>", "exec")
         assert out.data["parses"] and out.data["executed"] and 1 <= out.data["attempts"] <= 3
+        assert out.data["isolation"] == "bubblewrap"
         if out.ok:
             assert out.data["run_ok"] and "True" in out.data["stdout"]
         else:

@@ -26,6 +26,18 @@ COMPOSE = yaml.safe_load((COMPOSE_DIR / "compose.yaml").read_text())
 SECRET_VARIABLE = re.compile(r"PASSWORD|SECRET|TOKEN|KEY")
 
 
+SANDBOX_SECURITY = [f"--security-opt={option}" for option in COMPOSE["services"]["api"]["security_opt"]]
+SANDBOX_PROBE = (
+    "import json, socket; from agents.sandbox import run_code, SandboxUnavailable\n"
+    "try:\n"
+    "    out = run_code('import os, socket\\nresult = os.getuid()\\n"
+    'socket.create_connection(("127.0.0.1", 8000), timeout=2)\')\n'
+    "    print(json.dumps({'isolation': out.isolation, 'error': out.error}))\n"
+    "except SandboxUnavailable as exc:\n"
+    "    print(json.dumps({'refused': str(exc)}))\n"
+)
+
+
 def stages() -> dict[str, list[str]]:
     """Instructions of each build stage, keyed by stage name (continuation lines joined)."""
     text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
@@ -163,6 +175,7 @@ class TestImagesRun:
             name,
             "--publish",
             f"127.0.0.1:{port}:8000",
+            *SANDBOX_SECURITY,
             f"conveyor-api:{VERSION}",
         )
         try:
@@ -199,6 +212,19 @@ class TestImagesRun:
         )  # orchestration is left out: no Prefect server beside the container
         checks = {name: body["checks"][name] for name in ("database", "tracking", "knowledge", "llm")}
         assert checks == dict.fromkeys(checks, "ok"), body
+
+    def test_the_sandbox_isolates_model_code_in_the_api_container(self, api):
+        """With the compose file's security options, code runs under bubblewrap as uid 10001's sandbox:
+        the API on 127.0.0.1:8000 inside the same container is out of its reach."""
+        name, _ = api
+        out = json.loads(docker("exec", name, "python", "-c", SANDBOX_PROBE).splitlines()[-1])
+        assert out["isolation"] == "bubblewrap" and out["error"].startswith("ConnectionRefusedError"), out
+
+    def test_without_the_security_options_the_sandbox_refuses_to_run_code(self):
+        """Docker's default profiles forbid user namespaces: no code runs, and the error names the fix."""
+        printed = docker("run", "--rm", f"conveyor-api:{VERSION}", "python", "-c", SANDBOX_PROBE)
+        out = json.loads(printed.splitlines()[-1])
+        assert "CONVEYOR_SANDBOX_ISOLATION=process" in out["refused"], out
 
     def test_flows_image_imports_the_pipeline_stack(self):
         code = "import conveyor, flows, prefect, lancedb, llama_cpp, flwr, torch; print(torch.__version__)"

@@ -66,7 +66,7 @@ wheels() {
 base() {
   if $DOCKER image inspect "$BASE_IMAGE" >/dev/null 2>&1; then log "$BASE_IMAGE exists"; return; fi
   log "mmdebstrap bookworm -> $BASE_IMAGE"
-  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1,bubblewrap \
     bookworm "$STATE/base.tar"
   $DOCKER import "$STATE/base.tar" "$BASE_IMAGE"
   rm -f "$STATE/base.tar"
