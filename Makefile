@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
-SYSTEM_PACKAGES ?= bubblewrap chromium chromium-driver docker-compose
+SYSTEM_PACKAGES ?= bubblewrap redis-server chromium chromium-driver docker-compose
 export PYTHONUNBUFFERED := 1
 
 .PHONY: install system-deps run test test-containers up down bench lint clean
@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Debian packages the tests use (bubblewrap: the sandbox for model code; headless Chromium for the chat page;
+# Debian packages the tests use (bubblewrap: the sandbox for model code; redis-server: the shared rate-limit
+# store when Redis is configured; headless Chromium for the chat page;
 # docker-compose checks the compose file, no engine needed); installed only when missing.
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \

@@ -16,8 +16,10 @@ CODE_DOMAIN = "python"
 log = logging.getLogger(__name__)
 SYSTEM = (
     "You are a careful Python programmer. Write a complete, runnable script for the task using only the "
-    "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). Reply with one "
-    "```python block."
+    "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). The script must "
+    "end by running the code on the task's example and printing the result, e.g.\n"
+    "```python\ndef double(n):\n    return 2 * n\n\nprint(double(21))\n```\n"
+    "Reply with one ```python block."
 )
 
 

@@ -39,18 +39,19 @@ def _source(number: int, passage) -> dict:
     }
 
 
-def relevant_sources(question: str, domains: list[str] | None, k: int) -> list[dict]:
-    """Retrieved passages that are about the question, numbered from 1."""
+def relevant_sources(question: str, domains: list[str] | None, k: int) -> tuple[list[dict], list[dict]]:
+    """Retrieved passages that are about the question, numbered from 1; and the domains that failed."""
     from conveyor import gateway
     from conveyor.embeddings import embed
 
-    passages = gateway.search(question, domains=domains, k=k)
-    if not passages:
-        return []
-    vectors = embed([question, *[p.text for p in passages]])
+    found = gateway.retrieve(question, domains=domains, k=k)
+    failed = [failure.model_dump() for failure in found.failed_domains]
+    if not found.passages:
+        return [], failed
+    vectors = embed([question, *[p.text for p in found.passages]])
     similarity = vectors[1:] @ vectors[0]
-    kept = [p for p, s in zip(passages, similarity, strict=True) if s >= RELEVANCE_MIN]
-    return [_source(i, p) for i, p in enumerate(kept, start=1)]
+    kept = [p for p, s in zip(found.passages, similarity, strict=True) if s >= RELEVANCE_MIN]
+    return [_source(i, p) for i, p in enumerate(kept, start=1)], failed
 
 
 def attribute(answer: str, sources: list[dict]) -> str:
@@ -80,11 +81,12 @@ def citations(answer: str, sources: list[dict]) -> list[int]:
 def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = None) -> AgentResult:
     """Retrieve, then answer with citations; with nothing relevant say so; without an LLM return sources."""
     try:
-        sources = relevant_sources(request.instruction, request.domains, request.k)
+        sources, failed = relevant_sources(request.instruction, request.domains, request.k)
     except Exception as exc:  # the gateway's store may be missing or broken: report, don't crash the chat
         return AgentResult(agent=NAME, answer=f"Retrieval failed: {exc}", ok=False, error=str(exc))
+    degraded = {"failed_domains": failed} if failed else {}  # the answer lacks these domains
     if not sources:
-        return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": []})
+        return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": [], **degraded})
     numbered = "\n\n".join(f"[{s['n']}] {s['title'] or s['doc_id']}: {s['text']}" for s in sources)
     context = f"\n\nEarlier results:\n{request.context[:2000]}" if request.context else ""
     messages = [
@@ -99,11 +101,14 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
             exc,
             f"The language model is unavailable ({exc}); the retrieved sources follow.",
             sources=sources,
+            data=degraded,
         )
     text = attribute(text, sources)
     # Citations that name no source are removed rather than shown as dangling numbers.
     text = CITATION.sub(lambda m: m.group(0) if int(m.group(1)) <= len(sources) else "", text)
-    return AgentResult(agent=NAME, answer=text, sources=sources, data={"citations": citations(text, sources)})
+    return AgentResult(
+        agent=NAME, answer=text, sources=sources, data={"citations": citations(text, sources), **degraded}
+    )
 
 
 AGENT = Agent(

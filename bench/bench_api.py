@@ -1,7 +1,10 @@
-"""Chat API under load: /rag/query and /chat with concurrent clients, streaming latency, /health while busy.
+"""Chat API under load: /rag/query and /chat with concurrent clients, streaming latency, /health while busy,
+and /rag/query from 1, 16 and 64 clients spread over two API processes that share one database (and so the
+per-user request counts).
 
-`python -m bench.bench_api [--clients 16] [--queries 320] [--chats 8] [--streams 3]` starts the API as a
-uvicorn process on a free port (fresh user database, development admin) and prints one figure per line.
+`python -m bench.bench_api [--clients 16] [--queries 320] [--chats 8] [--streams 3] [--per-client 20]`
+starts the API as a uvicorn process on a free port (fresh user database, development admin), later a second
+one on the same database, and prints one figure per line.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ QUERIES = [
     "what does the gateway return for a query",
     "train a classifier with scikit-learn",
 ]
+REPLICA_CLIENTS = (1, 16, 64)
 CHAT = "Summarize in one sentence: sales grew 12 percent in the north while costs stayed flat."
 
 
@@ -160,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=320)
     parser.add_argument("--chats", type=int, default=8)
     parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--per-client", type=int, default=20, help="queries per client on two replicas")
     args = parser.parse_args(argv)
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-api-"))
@@ -172,9 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         auth = login(server.url, "admin", DEVELOPMENT_ADMIN_PASSWORD)
         ensure_domain(server.url, auth)
 
-        def query(client: httpx.Client, i: int) -> httpx.Response:
+        def query(client: httpx.Client, i: int, urls: tuple[str, ...] = (server.url,)) -> httpx.Response:
             body = {"query": QUERIES[i % len(QUERIES)], "domains": [DOMAIN], "k": 10}
-            return client.post(f"{server.url}/rag/query", headers=auth, json=body)
+            return client.post(f"{urls[i % len(urls)]}/rag/query", headers=auth, json=body)
 
         def chat(client: httpx.Client, i: int) -> httpx.Response:
             return client.post(f"{server.url}/chat", headers=auth, json={"message": CHAT})
@@ -185,6 +190,17 @@ def main(argv: list[str] | None = None) -> None:
         load("/chat", args.clients, args.chats, chat)
         stream_figures(server.url, auth, args.streams)
         health_while_busy(server.url, auth, get_settings().llm_model)
+
+        with ProcessServer(env, scratch / "api-2.log", startup_timeout_s=300) as second:
+            urls = (server.url, second.url)
+            load("warm-up /rag/query, 2nd replica", 1, 8, lambda client, i: query(client, i, (second.url,)))
+            for clients in REPLICA_CLIENTS:
+                load(
+                    "/rag/query, 2 replicas on one database",
+                    clients,
+                    clients * args.per_client,
+                    lambda client, i: query(client, i, urls),
+                )
 
 
 if __name__ == "__main__":

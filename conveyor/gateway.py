@@ -1,9 +1,17 @@
-"""The RAG gateway: one query over the requested knowledge domains in parallel, fused into ranked passages."""
+"""The RAG gateway: one query over the requested knowledge domains in parallel, fused into ranked passages.
+
+Each query fans out flat: its caller submits every per-domain search itself and waits for them at most the
+per-domain timeout, so no pool job ever waits on another job (a nested fan-out deadlocks its pool once the
+callers outnumber the workers). Each domain has its own few workers, so a hung domain ties up only those;
+a domain that fails or times out is reported in the result while the others answer.
+"""
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -13,13 +21,31 @@ from conveyor import knowledge, retrieval
 from conveyor.embeddings import embed
 from conveyor.settings import get_settings
 
+log = logging.getLogger(__name__)
 MAX_K = 100
 MAX_QUERY_CHARS = 4000
-_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gateway")
+WORKERS_PER_DOMAIN = 4
+MAX_ERROR_CHARS = 300
 
 
 class UnknownDomainError(ValueError):
     """A requested domain has no table."""
+
+
+class DomainFailure(BaseModel):
+    """A domain that could not be searched for this query, and why."""
+
+    domain: str
+    error: str
+
+
+class DomainsUnavailableError(RuntimeError):
+    """Every requested domain failed or timed out."""
+
+    def __init__(self, failures: list[DomainFailure]):
+        self.failures = failures
+        listed = "; ".join(f"{f.domain}: {f.error}" for f in failures)
+        super().__init__(f"no domain could be searched ({listed})")
 
 
 class Passage(BaseModel):
@@ -32,6 +58,13 @@ class Passage(BaseModel):
     text: str
     title: str
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchResult(BaseModel):
+    """Ranked passages from the domains that answered, and the domains that did not."""
+
+    passages: list[Passage]
+    failed_domains: list[DomainFailure] = Field(default_factory=list)
 
 
 def list_domains() -> list[str]:
@@ -72,10 +105,60 @@ def _passage(candidate: retrieval.Candidate) -> Passage:
     )
 
 
-def _each_domain(function, names: list[str], *args) -> list[retrieval.Candidate]:
-    """Run a per-domain candidate function on every domain in parallel; pool the results best first."""
-    jobs = [_POOL.submit(function, name, *args) for name in names]
-    return sorted((c for job in jobs for c in job.result()), key=lambda c: -c.score)
+@cache
+def _pool(domain: str) -> ThreadPoolExecutor:
+    """The domain's own workers: a domain that hangs can only exhaust these."""
+    return ThreadPoolExecutor(WORKERS_PER_DOMAIN, thread_name_prefix=f"gateway-{domain}")
+
+
+def _describe(error: BaseException) -> str:
+    """The error's type and first line, with the store's location left out (callers show it to users)."""
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    first_line = first_line.replace(get_settings().knowledge_uri, "<knowledge>")
+    return f"{type(error).__name__}: {first_line}"[:MAX_ERROR_CHARS]
+
+
+class _FanOut:
+    """One query's per-domain jobs, submitted by the caller only; each pass gives a domain `timeout_s`."""
+
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.failed: dict[str, str] = {}
+
+    def submit(self, function, domains: list[str], *args) -> dict[str, Future]:
+        """`function(domain, *args)` for every domain that has not failed yet."""
+        return {d: _pool(d).submit(function, d, *args) for d in domains if d not in self.failed}
+
+    def gather(self, *passes: dict[str, Future]) -> list[dict[str, list[retrieval.Candidate]]]:
+        """Each pass's candidates per domain, waiting `timeout_s` at most; a job that raised or did not
+        finish in time fails its domain (the passes gathered together share the wait)."""
+        wait([job for jobs in passes for job in jobs.values()], timeout=self.timeout_s)
+        return [self._results(jobs) for jobs in passes]
+
+    def _results(self, jobs: dict[str, Future]) -> dict[str, list[retrieval.Candidate]]:
+        found = {}
+        for domain, job in jobs.items():
+            if not job.done():
+                job.cancel()  # still queued: free the worker; already running: its result is ignored
+                self._fail(domain, f"no answer within {self.timeout_s:g} s")
+            elif job.exception() is not None:
+                self._fail(domain, _describe(job.exception()))
+            else:
+                found[domain] = job.result()
+        return found
+
+    def pooled(self, found: dict[str, list[retrieval.Candidate]]) -> list[retrieval.Candidate]:
+        """The candidates of the domains that have not failed, best first (scores compare across domains)."""
+        ok = (c for domain, candidates in found.items() if domain not in self.failed for c in candidates)
+        return sorted(ok, key=lambda c: -c.score)
+
+    def failures(self, names: list[str]) -> list[DomainFailure]:
+        return [DomainFailure(domain=d, error=self.failed[d]) for d in names if d in self.failed]
+
+    def _fail(self, domain: str, error: str) -> None:
+        if domain not in self.failed:
+            log.warning("gateway: domain %r failed: %s", domain, error)
+            self.failed[domain] = error
 
 
 def _feedback_vector(vector: np.ndarray, top: list[retrieval.Candidate]) -> np.ndarray:
@@ -84,25 +167,38 @@ def _feedback_vector(vector: np.ndarray, top: list[retrieval.Candidate]) -> np.n
     return retrieval.rocchio(vector, feedback, get_settings().retrieval_feedback_weight)
 
 
-def search(query: str, domains: list[str] | None = None, k: int = 10) -> list[Passage]:
-    """The `k` best documents for `query` across `domains` (default: all), each as its best passage.
+def retrieve(query: str, domains: list[str] | None = None, k: int = 10) -> SearchResult:
+    """The `k` best documents for `query` across `domains` (default: all), each as its best passage, and
+    the domains that failed or did not answer a pass within `gateway_domain_timeout_s`.
 
     Dense and full-text candidates of every domain are fetched in parallel and pooled, so scores are
     comparable across domains; the fused top documents then refine the dense query (pseudo-relevance
-    feedback) for a second dense pass that is fused with the same full-text candidates.
+    feedback) for a second dense pass that is fused with the same full-text candidates. A failed domain
+    contributes nothing; when every domain fails, DomainsUnavailableError names them all.
     """
     names = _check(query, domains, k)
     if not names:
-        return []
+        return SearchResult(passages=[])
     settings = get_settings()
     depth = retrieval.candidate_depth(k)
     vector = embed([query])[0]
-    text_job = _POOL.submit(_each_domain, retrieval.text_candidates, names, query, depth)
-    dense = _each_domain(retrieval.dense_candidates, names, vector, depth)
-    text = text_job.result()
-    fused = retrieval.fuse(dense, text, settings.retrieval_fusion)
+    fan_out = _FanOut(settings.gateway_domain_timeout_s)
+    text_jobs = fan_out.submit(retrieval.text_candidates, names, query, depth)
+    dense_jobs = fan_out.submit(retrieval.dense_candidates, names, vector, depth)
+    text_found, dense_found = fan_out.gather(text_jobs, dense_jobs)
+    fusion = settings.retrieval_fusion
+    fused = retrieval.fuse(fan_out.pooled(dense_found), fan_out.pooled(text_found), fusion)
     if settings.retrieval_feedback_docs and fused:
         moved = _feedback_vector(vector, fused[: settings.retrieval_feedback_docs])
-        dense = _each_domain(retrieval.dense_candidates, names, moved, depth)
-        fused = retrieval.fuse(dense, text, settings.retrieval_fusion)
-    return [_passage(candidate) for candidate in fused[:k]]
+        [dense_found] = fan_out.gather(fan_out.submit(retrieval.dense_candidates, names, moved, depth))
+        fused = retrieval.fuse(fan_out.pooled(dense_found), fan_out.pooled(text_found), fusion)
+    failures = fan_out.failures(names)
+    if len(failures) == len(names):
+        raise DomainsUnavailableError(failures)
+    return SearchResult(passages=[_passage(c) for c in fused[:k]], failed_domains=failures)
+
+
+def search(query: str, domains: list[str] | None = None, k: int = 10) -> list[Passage]:
+    """`retrieve(...)`'s passages only: a failed domain is logged, not shown (callers that show it use
+    `retrieve`)."""
+    return retrieve(query, domains, k).passages

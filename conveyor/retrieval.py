@@ -48,13 +48,19 @@ def _rows(found: pa.Table) -> list[dict]:
     return [row | {"vector": vector} for row, vector in zip(rows, matrix, strict=True)]
 
 
-def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[Candidate]:
-    """Documents by the cosine similarity of their best chunk to the query."""
+def _table(domain: str):
+    """The domain's table at its latest version; LookupError when it has none (e.g. dropped meanwhile)."""
     table = knowledge.open_domain(domain)
     if table is None:
-        return []
+        raise LookupError(f"domain {domain!r} has no table")
+    return table
+
+
+def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[Candidate]:
+    """Documents by the cosine similarity of their best chunk to the query."""
     rows = (
-        table.search(query_vector, vector_column_name="vector")
+        _table(domain)
+        .search(query_vector, vector_column_name="vector")
         .distance_type("cosine")
         .select([*CANDIDATE_COLUMNS, "_distance"])
         .limit(depth)
@@ -65,11 +71,9 @@ def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[
 
 def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
     """Documents by the BM25 score of their best chunk (LanceDB native full-text index)."""
-    table = knowledge.open_domain(domain)
-    if table is None:
-        return []
     rows = (
-        table.search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
+        _table(domain)
+        .search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
         .select([*CANDIDATE_COLUMNS, "_score"])
         .limit(depth)
         .to_arrow()

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Rocchio weight of the feedback centroid."
     )
     gateway_domain_timeout_s: float = Field(
-        10.0, gt=0, description="Seconds a query waits for a domain before reporting it failed."
+        10.0, gt=0, description="Seconds each retrieval pass waits for a domain before reporting it failed."
     )
 
     # LLM

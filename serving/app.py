@@ -11,16 +11,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from limits.errors import StorageError
 
 import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
 from agents.llm import get_llm, reset_llm
 from conveyor.embeddings import embed
 from conveyor.settings import Settings, get_settings
 from serving import crud
-from serving.api.errors import add_error_handlers
+from serving.api.errors import add_error_handlers, error_response
 from serving.api.routes import (
     auth,
     chat,
@@ -36,7 +37,7 @@ from serving.api.routes import (
 )
 from serving.champions import ChampionCache
 from serving.core.middleware import RequestMiddleware
-from serving.core.ratelimit import RateLimiter
+from serving.core.ratelimit import ApiLimits, open_storage
 from serving.db import make_engine, make_sessionmaker
 
 STATIC = Path(__file__).parent / "static"
@@ -68,6 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine = make_engine(settings.sql_url)
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.limits = ApiLimits(open_storage(settings, engine), settings)
     with app.state.sessionmaker() as session:
         admin = crud.ensure_first_admin(session, settings.admin_username, settings.initial_admin_password)
     if admin is not None:
@@ -89,8 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.rate_limiter = RateLimiter(settings.api_rate_limit_per_minute)
     app.state.champions = ChampionCache()
+    app.state.llm_readiness = health.CachedCheck(settings.api_ready_cache_s)
     app.add_middleware(
         RequestMiddleware,
         max_body_bytes=settings.api_max_body_bytes,
@@ -98,6 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         upload_paths=("/datasets",),
     )
     add_error_handlers(app)
+
+    @app.exception_handler(StorageError)
+    async def limits_unavailable(request: Request, exc: StorageError) -> JSONResponse:
+        log.error("the rate-limit store failed: %s", exc)
+        return error_response(request, 503, "the rate-limit store is unavailable; retry shortly")
+
     for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -59,6 +59,16 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
+class RateLimitCounter(Base):
+    """One `limits` fixed-window counter, shared by every API process on this database."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hits: Mapped[int]
+    expires_at: Mapped[float] = mapped_column(index=True)  # Unix time the window ends
+
+
 def make_engine(url: str) -> Engine:
     """An engine with the tables created; SQLite gets foreign keys and WAL for concurrent readers."""
     is_sqlite = url.startswith("sqlite")

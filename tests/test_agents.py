@@ -134,10 +134,8 @@ class TestCode:
         compile(code, "<generated>", "exec")
         assert out.data["parses"] and out.data["executed"] and 1 <= out.data["attempts"] <= 3
         assert out.data["isolation"] == "bubblewrap"
-        if out.ok:
-            assert out.data["run_ok"] and "True" in out.data["stdout"]
-        else:
-            assert out.data["attempts"] == 3 and len(out.data["errors"]) == 3
+        assert out.ok, out.data["errors"]
+        assert out.data["run_ok"] and "True" in out.data["stdout"]
 
 
 class TestSummary:

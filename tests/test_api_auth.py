@@ -13,11 +13,9 @@ import pytest
 
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, DEVELOPMENT_SECRET, Settings
 from serving.app import create_app
-from serving.testing import REPO, ThreadedServer, login
+from serving.testing import REPO, ProcessServer, ThreadedServer, free_port, login
 
 ADMIN = ("admin", DEVELOPMENT_ADMIN_PASSWORD)
-
-
 
 
 def token_for(username: str, secret: str, expires_in: timedelta, version: str) -> str:
@@ -42,6 +40,11 @@ class TestTokens:
     def test_unknown_user_is_401(self, api):
         response = httpx.post(f"{api.url}/auth/token", data={"username": "nobody", "password": "whatever1"})
         assert response.status_code == 401
+
+    @pytest.mark.parametrize("username", ["x" * 300, "../admin", "admin/20/15/minute"])
+    def test_impossible_usernames_are_401(self, api, username):
+        response = httpx.post(f"{api.url}/auth/token", data={"username": username, "password": "whatever1"})
+        assert response.status_code == 401 and response.json()["detail"] == "wrong username or password"
 
     @pytest.mark.parametrize("path", ["/users/me", "/datasets", "/conversations", "/v1/models", "/metrics"])
     def test_missing_token_is_401(self, api, path):
@@ -97,9 +100,7 @@ class TestUserManagement:
         assert httpx.post(f"{api.url}/users", headers=auth, json=body).status_code == 409
 
     def test_short_password_is_422_without_echoing_it(self, api, auth):
-        response = httpx.post(
-            f"{api.url}/users", headers=auth, json={"username": "bob", "password": "tiny7"}
-        )
+        response = httpx.post(f"{api.url}/users", headers=auth, json={"username": "bob", "password": "tiny7"})
         assert response.status_code == 422
         assert "tiny7" not in response.text
 
@@ -174,6 +175,15 @@ class TestRateLimit:
 
 
 class TestConfiguration:
+    def test_api_does_not_start_without_its_rate_limit_store(self, tmp_path):
+        port = free_port()  # nothing listens there
+        env = {"CONVEYOR_RATE_LIMIT_STORAGE_URL": f"redis://:hunter2-redis@127.0.0.1:{port}"}
+        with pytest.raises(RuntimeError, match="exited"), ProcessServer(env, tmp_path / "api.log"):
+            pass
+        log = (tmp_path / "api.log").read_text()
+        assert f"CONVEYOR_RATE_LIMIT_STORAGE_URL: 127.0.0.1:{port} does not answer" in log
+        assert "hunter2-redis" not in log
+
     def test_production_refuses_the_development_secret(self):
         with pytest.raises(ValueError, match="CONVEYOR_SECRET_KEY"):
             Settings(environment="production")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.settings import Settings
 from serving import crud
+from serving.core.ratelimit import Refusal
 from serving.core.security import InvalidToken, credential_version, decode_access_token
 from serving.db import User
 
@@ -37,6 +37,14 @@ SessionDep = Annotated[Session, Depends(get_db)]
 TokenDep = Annotated[str, Depends(oauth2_scheme)]
 
 
+def too_many_requests(refusal: Refusal) -> HTTPException:
+    return HTTPException(
+        status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=refusal.reason,
+        headers={"Retry-After": str(refusal.retry_after_s)},
+    )
+
+
 def get_current_user(request: Request, session: SessionDep, token: TokenDep, settings: SettingsDep) -> User:
     """The token's user; 401 for a bad token or a changed password, 429 past the user's rate limit."""
     try:
@@ -46,14 +54,11 @@ def get_current_user(request: Request, session: SessionDep, token: TokenDep, set
     user = crud.get_user(session, username)
     if user is None or credential_version(user.password_hash) != version:
         raise UNAUTHORIZED
+    # End the read: the pooled connection is free for the limiter now and while the route works.
+    session.commit()
     request.state.username = user.username
-    wait = request.app.state.rate_limiter.acquire(user.username)
-    if wait > 0:
-        raise HTTPException(
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"rate limit of {settings.api_rate_limit_per_minute} requests per minute reached",
-            headers={"Retry-After": str(math.ceil(wait))},
-        )
+    if refusal := request.app.state.limits.hit_request(user.username):
+        raise too_many_requests(refusal)
     return user
 
 

@@ -27,6 +27,9 @@ class QueryRequest(BaseModel):
 class QueryResponse(BaseModel):
     query: str
     passages: list[gateway.Passage]
+    failed_domains: list[gateway.DomainFailure] = Field(
+        default_factory=list, description="domains that failed or timed out; passages come from the others"
+    )
 
 
 class Document(BaseModel):
@@ -49,16 +52,22 @@ def list_domains(_: CurrentUser) -> list[str]:
     return gateway.list_domains()
 
 
-@router.post("/query", responses={404: {"description": "unknown domain"}})
+@router.post(
+    "/query",
+    responses={404: {"description": "unknown domain"}, 503: {"description": "no domain could be searched"}},
+)
 def query(body: QueryRequest, _: CurrentUser) -> QueryResponse:
-    """Hybrid retrieval over the requested domains (or all), merged and ranked."""
+    """Hybrid retrieval over the requested domains (or all), merged and ranked; domains that failed or
+    timed out are listed in `failed_domains` while the others answer."""
     try:
-        passages = gateway.search(body.query, domains=body.domains, k=body.k)
+        found = gateway.retrieve(body.query, domains=body.domains, k=body.k)
     except gateway.UnknownDomainError as exc:
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
     except ValueError as exc:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
-    return QueryResponse(query=body.query, passages=passages)
+    except gateway.DomainsUnavailableError as exc:
+        raise HTTPException(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
+    return QueryResponse(query=body.query, passages=found.passages, failed_domains=found.failed_domains)
 
 
 @router.post("/documents", status_code=status.HTTP_202_ACCEPTED)
