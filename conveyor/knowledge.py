@@ -26,6 +26,13 @@ PAYLOAD_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "title", "section", "tex
 class DomainBusyError(RuntimeError):
     """Another run holds the domain's write lock."""
 
+    def __init__(self, domain: str):
+        self.domain = domain
+        super().__init__(f"domain {domain!r} is being written by another run; retry later")
+
+    def __reduce__(self):  # pickled by Prefect into a failed state: rebuilt from the domain, not the message
+        return type(self), (self.domain,)
+
 
 @cache
 def _connect(uri: str) -> lancedb.DBConnection:
@@ -95,7 +102,7 @@ def domain_lock(domain: str, timeout_s: float) -> Iterator[None]:
     try:
         lock.acquire(timeout=timeout_s)
     except Timeout:
-        raise DomainBusyError(f"domain {domain!r} is being written by another run; retry later") from None
+        raise DomainBusyError(domain) from None
     try:
         yield
     finally:

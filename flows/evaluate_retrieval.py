@@ -1,6 +1,6 @@
 """Flow `evaluate-retrieval`: index a BEIR collection into a scratch domain, score the default retriever.
 
-Run locally: `python -m flows.evaluate_retrieval --beir-dir ../shared/benchmarks/cranfield --json`
+Run locally: `python -m flows.evaluate_retrieval --beir-dir data/benchmarks/cranfield --json`
 (the last stdout line is the metrics as JSON).
 """
 
@@ -9,23 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from pathlib import Path
 
-import ir_measures
 import mlflow
-from ir_measures import AP, RR, R, nDCG
-from prefect import flow, task
+from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from conveyor import beir, gateway, tracking
+from conveyor import beir, fanout, tracking
 from conveyor.settings import get_settings
 from flows.index_documents import index_documents
+from tasks.evaluation import MEASURES, retrieve, score, shards, write_run
 
 EXPERIMENT = "evaluate-retrieval"
-MEASURES = {"ndcg@10": nDCG @ 10, "recall@100": R @ 100, "mrr@10": RR @ 10, "map@100": AP @ 100}
-DEPTH = 100
 
 
 def scratch_domain(beir_dir: Path) -> str:
@@ -34,30 +29,10 @@ def scratch_domain(beir_dir: Path) -> str:
     return f"beir-{slug}"
 
 
-@task(cache_policy=NO_CACHE, retries=0)
-def retrieve(domain: str, queries: dict[str, str], run_path: str) -> str:
-    """Rank the top DEPTH documents of every query with the gateway; write a TREC run file."""
-    started = time.perf_counter()
-    with open(run_path, "w", encoding="utf-8") as run:
-        for query_id, text in queries.items():
-            for rank, passage in enumerate(gateway.search(text, domains=[domain], k=DEPTH), start=1):
-                run.write(f"{query_id} Q0 {passage.doc_id} {rank} {passage.score:.6f} conveyor\n")
-    print(f"{len(queries)} queries in {time.perf_counter() - started:.1f} s")
-    return run_path
-
-
-@task(cache_policy=NO_CACHE, retries=0)
-def score(run_path: str, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Standard measures (ir-measures over pytrec_eval), averaged over judged queries."""
-    run = list(ir_measures.read_trec_run(run_path))
-    qrel_rows = [ir_measures.Qrel(q, d, g) for q, docs in qrels.items() for d, g in docs.items()]
-    values = ir_measures.calc_aggregate(list(MEASURES.values()), qrel_rows, run)
-    return {name: round(float(values[measure]), 4) for name, measure in MEASURES.items()}
-
-
-@flow(name="evaluate-retrieval", log_prints=True)
+@flow(name="evaluate-retrieval", log_prints=True, task_runner=fanout.task_runner())
 def evaluate_retrieval(beir_dir: str, split: str = "test", domain: str | None = None) -> dict:
-    """Index the corpus, run every judged query through the default retriever, score, log to MLflow."""
+    """Index the corpus, rank every judged query with the default retriever (groups of queries fanned out on
+    the configured task runner), score, log to MLflow."""
     folder = Path(beir_dir).expanduser()
     beir.validate_layout(folder)
     qrels = beir.read_qrels(folder, split)
@@ -66,9 +41,11 @@ def evaluate_retrieval(beir_dir: str, split: str = "test", domain: str | None = 
         raise ValueError(f"{folder}: no query has judgments in qrels/{split}.tsv")
     domain = domain or scratch_domain(folder)
     report = index_documents(domain=domain, source=str(folder), delete_missing=True)
-    run_dir = get_settings().state_dir / "runs"
+    settings = get_settings()
+    run_dir = settings.state_dir / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_path = retrieve(domain, queries, str(run_dir / f"{domain}.trec"))
+    parts = retrieve.map(unmapped(domain), shards(queries, settings.evaluation_task_queries))
+    run_path = write_run(parts, str(run_dir / f"{domain}.trec"))
     metrics = score(run_path, {q: qrels[q] for q in queries})
     documents = report.added + report.updated + report.unchanged
     result = {**metrics, "n_queries": len(queries), "n_documents": documents, "domain": domain}

@@ -14,13 +14,13 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from conveyor import knowledge, tracking
+from conveyor import fanout, knowledge, tracking
 from conveyor.loaders import Skipped
-from conveyor.settings import get_settings
 from tasks.indexing import (
     clear_staging,
     commit_changes,
     embed_batch,
+    exclusive_domain,
     plan_changes,
     refresh_indexes,
     report_rows,
@@ -47,14 +47,15 @@ class IndexReport(BaseModel):
     seconds: dict[str, float]
 
 
-@flow(name="index-documents", log_prints=True)
+@flow(name="index-documents", log_prints=True, task_runner=fanout.task_runner())
 def index_documents(
     domain: str,
     source: str | None = None,
     documents: list[dict[str, Any]] | None = None,
     delete_missing: bool = False,
 ) -> IndexReport:
-    """Stage the source, embed only new or changed documents, commit once, refresh indexes, report."""
+    """Stage the source, embed only new or changed documents (fanned out on the configured task runner),
+    commit once, refresh indexes, report; one run at a time per domain, on every worker."""
     knowledge.validate_domain(domain)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -64,7 +65,7 @@ def index_documents(
         seconds[stage] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
-    with knowledge.domain_lock(domain, get_settings().index_lock_timeout_s):
+    with exclusive_domain(domain):
         staged = stage_source(domain, source, documents)
         lap("load")
         plan = plan_changes(domain, staged, delete_missing)

@@ -5,20 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
 from conveyor import corpus, knowledge
 from conveyor.loaders import Document, Skipped, iter_records, iter_source
 from conveyor.settings import get_settings
-
-BATCH_CHUNKS = 512
 
 
 class StagedSource(BaseModel):
@@ -38,6 +44,59 @@ class ChangePlan(BaseModel):
     deleted: list[str]
     unchanged: int
     chunks: int
+
+
+def domain_limit(domain: str) -> str:
+    """The Prefect global concurrency limit (one slot) that admits one writer of the domain at a time."""
+    return f"index-domain-{knowledge.validate_domain(domain)}"
+
+
+def _create_limit(name: str) -> None:
+    """Create the one-slot limit, or set an existing one back to one slot."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+        except ObjectAlreadyExists:  # another worker created it between the read and the create
+            pass
+
+
+def _slot_taken(error: ConcurrencySlotAcquisitionError) -> bool:
+    cause = error.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == httpx.codes.LOCKED
+
+
+@contextmanager
+def exclusive_domain(domain: str) -> Iterator[None]:
+    """Admit one writer of the domain: its file lock serialises the runs of this machine, then (against a
+    shared Prefect server) the domain's one-slot global concurrency limit serialises every worker. The slot
+    is leased: a worker that dies stops renewing it and the server frees it when the lease ends. Each waits
+    up to `index_lock_timeout_s` (0: one try), then DomainBusyError.
+
+    An embedded (ephemeral) Prefect server serves one process and revokes no lease: there the file lock
+    alone serialises, as every writer is on this machine."""
+    settings = get_settings()
+    timeout = settings.index_lock_timeout_s
+    with knowledge.domain_lock(domain, timeout), ExitStack() as held:
+        if PREFECT_API_URL.value():
+            name = domain_limit(domain)
+            _create_limit(name)
+            slot = concurrency(
+                name,
+                timeout_seconds=timeout or None,
+                max_retries=0 if timeout == 0 else None,
+                lease_duration=settings.index_lock_lease_s,
+                strict=True,
+                raise_on_lease_renewal_failure=True,
+            )
+            try:
+                held.enter_context(slot)
+            except TimeoutError:
+                raise knowledge.DomainBusyError(domain) from None
+            except ConcurrencySlotAcquisitionError as error:
+                if not _slot_taken(error):
+                    raise
+                raise knowledge.DomainBusyError(domain) from None
+        yield
 
 
 def staging_dir(domain: str) -> Path:
@@ -88,6 +147,7 @@ def plan_changes(domain: str, staged: StagedSource, delete_missing: bool) -> Cha
     added, updated, batches, pending = [], [], [], []
     seen: set[str] = set()
     chunks = unchanged = 0
+    batch_chunks = get_settings().embedding_task_chunks
     with open(staged.path, encoding="utf-8") as lines:
         for line in lines:
             document = Document.model_validate_json(line)
@@ -98,7 +158,7 @@ def plan_changes(domain: str, staged: StagedSource, delete_missing: bool) -> Cha
                 continue
             (updated if document.id in stored else added).append(document.id)
             pending.extend(corpus.chunk_rows(document, content_hash))
-            if len(pending) >= BATCH_CHUNKS:
+            if len(pending) >= batch_chunks:
                 batches.append(_write_batch(folder, pending))
                 chunks, pending = chunks + len(pending), []
     if pending:
@@ -146,5 +206,7 @@ def clear_staging(domain: str) -> None:
 
 def report_rows(report: dict[str, Any]) -> list[dict[str, str]]:
     """A report as two-column rows for a Prefect table artifact."""
-    return [{"field": key, "value": json.dumps(value) if not isinstance(value, str) else value}
-            for key, value in report.items()]
+    return [
+        {"field": key, "value": json.dumps(value) if not isinstance(value, str) else value}
+        for key, value in report.items()
+    ]

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -30,6 +31,7 @@ import jsonschema
 import pytest
 import yaml
 
+from conveyor.settings import Settings
 from serving.testing import poll
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +131,21 @@ class TestComposeFileIsValid:
         mlflow_store = next(a for a in services["mlflow"]["command"] if a.startswith("--backend-store-uri="))
         assert f":{env['MLFLOW_DB_PASSWORD']}@mlflow-db:5432/" in mlflow_store
         assert services["api"]["environment"]["CONVEYOR_SECRET_KEY"] == env["CONVEYOR_SECRET_KEY"]
+
+    def test_the_api_calls_the_llm_service(self, tmp_path: Path):
+        rendered, problem = render(COMPOSE_FILE.read_text(), throwaway_env(), tmp_path)
+        assert rendered is not None, problem
+        api, llm = rendered["services"]["api"], rendered["services"]["llm"]
+        command = shlex.split(llm["command"][-1])
+        option = dict(zip(command, command[1:], strict=False))
+        assert llm["image"] == api["image"] and "ports" not in llm  # reached on the stack's network only
+        assert api["environment"]["CONVEYOR_LLM_BACKEND"] == "openai"
+        assert api["environment"]["CONVEYOR_LLM_BASE_URL"] == f"http://llm:{option['--port']}/v1"
+        assert option["--model_alias"] == Settings().llm_model  # the model name the API asks for
+        assert f"127.0.0.1:{option['--port']}/v1/models" in llm["healthcheck"]["test"][-1]
+        assert api["depends_on"]["llm"] == {"condition": "service_healthy"}
+        # the GGUF is assembled once into the state volume
+        assert "model_file()" in option["--model"] and "conveyor-state:/var/lib/conveyor:rw" in llm["volumes"]
 
     def test_local_images_and_socket_are_overridable(self, tmp_path: Path):
         env = throwaway_env() | {
@@ -406,3 +423,8 @@ class TestComposeStackRuns:
         checks = json.loads(body)["checks"]
         assert set(checks) >= {"database", "tracking", "knowledge", "orchestration", "llm"}
         assert set(checks.values()) == {"ok"}, checks
+
+    def test_the_llm_service_serves_the_model_the_api_asks_for(self, stack: Stack):
+        code = "import urllib.request as u; print(u.urlopen('http://llm:8080/v1/models').read().decode())"
+        models = json.loads(stack.compose("exec", "-T", "api", "python", "-c", code))
+        assert [m["id"] for m in models["data"]] == [Settings().llm_model]

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from distributed import Client, LocalCluster, get_task_stream
 
+from conveyor import fanout
+from conveyor.settings import get_settings, reset_settings
 from flows.evaluate_retrieval import evaluate_retrieval, main
 
 CRANFIELD = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cranfield" / "corpus.jsonl"
@@ -50,3 +53,32 @@ def test_cli_last_line_is_json(beir_dir: Path, capsys):
 def test_not_a_beir_directory(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
         evaluate_retrieval(beir_dir=str(tmp_path))
+
+
+@pytest.fixture
+def retrieval_tasks_of_3_queries(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_EVALUATION_TASK_QUERIES", "3")
+    reset_settings()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+
+
+def test_a_dask_cluster_gives_the_same_metrics(beir_dir: Path, retrieval_tasks_of_3_queries):
+    """`CONVEYOR_DASK_ADDRESS`: the retrieval tasks run on the workers of a running cluster (2 processes)."""
+    on_threads = evaluate_retrieval(beir_dir=str(beir_dir))
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        settings = get_settings().model_copy(
+            update={"task_runner": "dask", "dask_address": cluster.scheduler_address}
+        )
+        with get_task_stream(client) as stream:
+            on_dask = evaluate_retrieval.with_options(task_runner=fanout.task_runner(settings))(
+                beir_dir=str(beir_dir)
+            )
+        workers = set(cluster.scheduler_info["workers"])
+    assert on_dask == on_threads
+    # 8 queries in groups of 3: three retrieval tasks, run by the cluster's worker processes
+    assert len(stream.data) == 3 and {task["worker"] for task in stream.data} <= workers

@@ -5,14 +5,18 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+from prefect.concurrency.sync import concurrency
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 from pypdf import PdfWriter
 
-from conveyor import gateway, knowledge
+from conveyor import fanout, gateway, knowledge
 from conveyor.loaders import iter_source
-from conveyor.settings import reset_settings
+from conveyor.settings import get_settings, reset_settings
 from flows.index_documents import index_documents
-from tasks.indexing import embed_batch, plan_changes, stage_source
+from tasks.indexing import domain_limit, embed_batch, plan_changes, stage_source
 
 POOLS = (
     "# Work pools\n\nA work pool routes flow runs to workers.\n\n"
@@ -20,9 +24,9 @@ POOLS = (
 )
 
 
-def _rows(domain: str) -> list[dict]:
+def _rows(domain: str, columns: tuple[str, ...] = ("chunk_id", "doc_id", "content_hash")) -> list[dict]:
     table = knowledge.open_domain(domain)
-    return table.to_lance().to_table(columns=["chunk_id", "doc_id", "content_hash"]).to_pylist()
+    return table.to_lance().to_table(columns=list(columns)).to_pylist()
 
 
 @pytest.fixture
@@ -208,3 +212,40 @@ class TestSafety:
         monkeypatch.setattr(settings, "index_lock_timeout_s", 0.0)
         with knowledge.domain_lock("shared", timeout_s=0), pytest.raises(knowledge.DomainBusyError):
             index_documents(domain="shared", source=str(source))
+        # the domain's Prefect limit (one slot) held elsewhere refuses the run just the same
+        with concurrency(domain_limit("shared"), strict=True), pytest.raises(knowledge.DomainBusyError):
+            index_documents(domain="shared", source=str(source))
+        index_documents(domain="shared", source=str(source))  # both released: the next run gets in
+
+
+@pytest.fixture
+def embedding_tasks_of_4_chunks(monkeypatch):
+    monkeypatch.setenv("CONVEYOR_EMBEDDING_TASK_CHUNKS", "4")
+    reset_settings()
+    yield
+    monkeypatch.undo()
+    reset_settings()
+
+
+class TestFanOut:
+    def test_a_dask_cluster_gives_the_same_index_as_threads(self, source: Path, embedding_tasks_of_4_chunks):
+        """`CONVEYOR_TASK_RUNNER=dask`: a LocalCluster of 2 worker processes (1 thread each) per flow run."""
+        for n in range(8):
+            (source / f"part-{n}.md").write_text(f"# Part {n}\n\nStage {n} hands batch {n * 3} to queue {n}.")
+        assert isinstance(index_documents.task_runner, ThreadPoolTaskRunner)  # the default
+        on_threads = index_documents(domain="fan-threads", source=str(source))
+        runner = fanout.task_runner(get_settings().model_copy(update={"task_runner": "dask"}))
+        assert isinstance(runner, DaskTaskRunner) and runner.cluster_class == "distributed.LocalCluster"
+        on_dask = index_documents.with_options(task_runner=runner)(domain="fan-dask", source=str(source))
+
+        assert on_threads.chunks_embedded >= 8  # several embedding tasks of 4 chunks for the 2 workers
+        same = {"domain", "seconds", "table_version"}
+        assert on_dask.model_dump(exclude=same) == on_threads.model_dump(exclude=same)
+        columns = ("chunk_id", "doc_id", "content_hash", "search_text", "vector")
+        threads_rows = sorted(_rows("fan-threads", columns), key=lambda r: r["chunk_id"])
+        dask_rows = sorted(_rows("fan-dask", columns), key=lambda r: r["chunk_id"])
+        assert [r["chunk_id"] for r in dask_rows] == [r["chunk_id"] for r in threads_rows]
+        assert [r["search_text"] for r in dask_rows] == [r["search_text"] for r in threads_rows]
+        np.testing.assert_allclose(
+            [r["vector"] for r in dask_rows], [r["vector"] for r in threads_rows], rtol=0, atol=1e-6
+        )

@@ -17,10 +17,17 @@ import yaml
 from prefect.client.schemas.objects import FlowRun
 from prefect_kubernetes.worker import KubernetesWorker, KubernetesWorkerJobConfiguration
 
+from agents import llm
 from conveyor import workpools
+from conveyor.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "deployments" / "kubernetes"
+# Applied by hand over the base instead of one of its parts (docs/operations.md), so not in the kustomization.
+ALTERNATIVES = {"llm/vllm.yaml"}
+ADAPTER_RULES = yaml.safe_load(
+    (REPO / "deployments" / "monitoring" / "prometheus-adapter-values.yaml").read_text()
+)
 K8S_VERSION = "1.33"
 # prefect-kubernetes insists on these keys inside the *pod* spec (where Kubernetes has no such fields; the
 # API server drops them). The Job-level completions/parallelism are the real ones.
@@ -90,7 +97,7 @@ class TestManifests:
         files = {
             str(p.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml"
         }
-        assert listed == files
+        assert listed == files - ALTERNATIVES
 
     def test_secrets_only_by_reference(self):
         for name, document in manifest_documents():
@@ -112,6 +119,82 @@ class TestManifests:
             "ConfigMap",
             "PersistentVolumeClaim",
         } <= kinds
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """The one document named `FILE:KIND/NAME`."""
+    [document] = [d for n, d in manifest_documents() if n == name]
+    return document
+
+
+def flags(container: dict[str, Any]) -> dict[str, str]:
+    """A container's `--name=value` arguments (`--name` alone: "")."""
+    return dict((arg.removeprefix("--").split("=", 1) + [""])[:2] for arg in container["args"])
+
+
+LLM_SERVICE = manifest("llm/llama-cpp.yaml:Service/conveyor-llm")
+LLM_VARIANTS = ["llm/llama-cpp.yaml", "llm/vllm.yaml"]
+
+
+class TestLLMService:
+    def test_the_api_calls_the_llm_service(self):
+        config = manifest("api/config.yaml:ConfigMap/conveyor-config")["data"]
+        meta, [port] = LLM_SERVICE["metadata"], LLM_SERVICE["spec"]["ports"]
+        assert config["CONVEYOR_LLM_BACKEND"] == "openai"
+        assert (
+            config["CONVEYOR_LLM_BASE_URL"]
+            == f"http://{meta['name']}.{meta['namespace']}.svc:{port['port']}/v1"
+        )
+
+    @pytest.mark.parametrize("variant", LLM_VARIANTS)
+    def test_each_server_is_reached_probed_and_scaled_alike(self, variant: str):
+        deployment = manifest(f"{variant}:Deployment/conveyor-llm")
+        pod = deployment["spec"]["template"]
+        [server] = pod["spec"]["containers"]
+        options = flags(server)
+        assert LLM_SERVICE["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+        [port] = [p for p in server["ports"] if p["name"] == LLM_SERVICE["spec"]["ports"][0]["targetPort"]]
+        assert (
+            str(port["containerPort"])
+            == options["port"]
+            == pod["metadata"]["annotations"]["prometheus.io/port"]
+        )
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert server[probe]["httpGet"] == {"path": "/health", "port": port["name"]}
+        # the model name the API asks for (CONVEYOR_LLM_MODEL, not overridden in conveyor-config)
+        assert Settings().llm_model in (options.get("alias"), options.get("served-model-name"))
+
+        hpa = manifest(f"{variant}:HorizontalPodAutoscaler/conveyor-llm")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+        [metric] = hpa["spec"]["metrics"]
+        rules = {rule["name"]["as"]: rule for rule in ADAPTER_RULES["rules"]["custom"]}
+        rule = rules[metric["pods"]["metric"]["name"]]  # a per-pod metric the adapter serves
+        exported = rule["seriesQuery"].split(":")[0]
+        assert exported == {"llm/llama-cpp.yaml": "llamacpp", "llm/vllm.yaml": "vllm"}[variant]
+        if exported == "llamacpp":
+            assert "metrics" in options  # llama-server exports them only with --metrics
+
+    def test_the_cpu_server_loads_the_checked_gguf_of_the_embedded_backend(self):
+        spec = manifest("llm/llama-cpp.yaml:Deployment/conveyor-llm")["spec"]["template"]["spec"]
+        [init], [server] = spec["initContainers"], spec["containers"]
+        assert "from agents.llm import model_file" in init["command"][-1]
+        home = {e["name"]: e["value"] for e in init["env"]}["CONVEYOR_HOME"]
+        assert flags(server)["model"] == f"{home}/models/{llm.MODEL_FILE}"
+        mounts = [{m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (init, server)]
+        assert mounts[0]["models"] == mounts[1]["models"] == home
+
+    def test_the_gpu_variant_replaces_the_cpu_deployment_and_hpa(self):
+        cpu = {n.split(":")[1]: d for n, d in manifest_documents() if n.startswith("llm/llama-cpp.yaml:")}
+        gpu = {n.split(":")[1]: d for n, d in manifest_documents() if n.startswith("llm/vllm.yaml:")}
+        assert set(gpu) - set(cpu) == {"PersistentVolumeClaim/conveyor-llm-models"}
+        assert set(cpu) - set(gpu) == {"Service/conveyor-llm"}  # shared
+        name = "Deployment/conveyor-llm"
+        assert gpu[name]["spec"]["selector"] == cpu[name]["spec"]["selector"]  # immutable: same one
+        pod = gpu[name]["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        pool = workpools.template("k8s-gpu")["variables"]["properties"]
+        assert pod["nodeSelector"] == pool["node_selector"]["default"]
+        assert {t["key"] for t in pod["tolerations"]} == {t["key"] for t in pool["tolerations"]["default"]}
 
 
 class TestRenderedJobs:
