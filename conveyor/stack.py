@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psutil
 
 from conveyor.settings import ConfigurationError, Settings, get_settings
 
@@ -98,12 +99,14 @@ def _run_dir(settings: Settings) -> Path:
 
 
 def start_time(pid: int) -> str | None:
-    """The kernel's start time of a live `pid` (tells it from a reused pid); None if gone or a zombie."""
+    """The start time of a live `pid` (tells it from a reused pid); None if gone or a zombie."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return f"{process.create_time():.2f}"
+    except psutil.Error:
         return None
-    return None if fields[0] in "ZX" else fields[19]
 
 
 def running_pid(pid_file: Path) -> int | None:

@@ -1,7 +1,9 @@
-"""Run one stage of `dvc.yaml` with its `params.yaml` section and write the stage's metrics file.
+"""`python -m deployments.dvc_stage STAGE`: one stage of `dvc.yaml` (the flow calls that conveyor/pipeline.py
+builds from `params.yaml`), its result written as the stage's metrics file.
 
-The flows read this repository's `data/` (the stages' declared deps), whatever CONVEYOR_DATA_DIR says;
-state (MLflow, LanceDB, Prefect) goes where the settings say (CONVEYOR_HOME, PREFECT_API_URL).
+Run from the repository root, it runs that repository's code and reads its `data/` and `data/benchmarks/`
+(the stages' declared deps), whatever is installed and whatever CONVEYOR_DATA_DIR and CONVEYOR_BENCHMARKS_DIR
+say; state (MLflow, LanceDB, Prefect) goes where the settings say (CONVEYOR_HOME, PREFECT_API_URL).
 """
 
 from __future__ import annotations
@@ -12,45 +14,42 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
+from conveyor import pipeline
+from conveyor.pipeline import PipelineParams
+from conveyor.settings import get_settings, reset_settings
 
-REPO = Path(__file__).resolve().parent.parent
 
-
-def index(params: dict[str, Any]) -> dict[str, Any]:
+def index(params: PipelineParams) -> dict[str, Any]:
     from flows.index_documents import index_documents
 
-    reports = {}
-    for domain in params["domains"]:
-        source = str(REPO / params["source_root"] / domain)
-        report = index_documents(domain=domain, source=source, delete_missing=True)
-        reports[domain] = report.model_dump(mode="json")
-    return reports
+    runs = pipeline.index_runs(params, get_settings().data_dir)
+    return {run["domain"]: index_documents(**run).model_dump(mode="json") for run in runs}
 
 
-def evaluate(params: dict[str, Any]) -> dict[str, Any]:
+def evaluate(params: PipelineParams) -> dict[str, Any]:
     from flows.evaluate_retrieval import evaluate_retrieval
 
-    return evaluate_retrieval(beir_dir=str((REPO / params["beir_dir"]).resolve()), split=params["split"])
+    return evaluate_retrieval(**pipeline.evaluate_run(params, get_settings().benchmarks_dir))
 
 
-def train(params: dict[str, Any]) -> dict[str, Any]:
+def train(params: PipelineParams) -> dict[str, Any]:
     """Both training flows, called as a deployment would: Prefect validates the JSON into their params."""
     from flows.train_model import train_model
     from flows.train_tabular import train_tabular
 
-    tabular = train_tabular(params["tabular"])
-    neural = train_model(params["model"])
+    tabular = train_tabular(params.train.tabular)
+    neural = train_model(params.train.model)
     return {"tabular": tabular.model_dump(mode="json"), "model": neural.model_dump(mode="json")}
 
 
-def register(params: dict[str, Any]) -> dict[str, Any]:
-    """The registry as it stands after training: each model's versions and which one holds each alias."""
+def register(trained: Path) -> dict[str, Any]:
+    """The registry after training: each trained model's versions and which version holds each alias."""
     from conveyor import tracking
 
     client = tracking.client()
     registry = {}
-    for name in params["models"]:
+    for result in json.loads(trained.read_text()).values():
+        name = result["decision"]["name"]
         versions = client.search_model_versions(f"name = '{name}'")
         # aliases come with the registered model: search_model_versions leaves ModelVersion.aliases empty
         aliases = client.get_registered_model(name).aliases if versions else {}
@@ -65,13 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--metrics", type=Path, required=True, help="JSON file `dvc metrics show` reads")
+    parser.add_argument("--trained", type=Path, help="register: the train stage's metrics file")
     args = parser.parse_args(argv)
-    os.environ["CONVEYOR_DATA_DIR"] = str(REPO / "data")  # before the first get_settings()
-    from conveyor.settings import reset_settings
-
-    reset_settings()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())[args.stage]
-    result = STAGES[args.stage](params)
+    if args.stage == "register" and args.trained is None:
+        parser.error("register needs --trained")
+    data = pipeline.REPO / "data"
+    os.environ |= {"CONVEYOR_DATA_DIR": str(data), "CONVEYOR_BENCHMARKS_DIR": str(data / "benchmarks")}
+    reset_settings()  # before the first get_settings()
+    run = STAGES[args.stage]
+    result = run(args.trained) if run is register else run(pipeline.load_params())
     args.metrics.parent.mkdir(parents=True, exist_ok=True)
     args.metrics.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
     print(f"{args.stage}: metrics in {args.metrics}")

@@ -15,8 +15,9 @@ import mlflow
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 
-from conveyor import beir, fanout, tracking
+from conveyor import beir, tracking
 from conveyor.settings import get_settings
+from flows import task_runners
 from flows.index_documents import index_documents
 from tasks.evaluation import MEASURES, retrieve, score, shards, write_run
 
@@ -29,7 +30,7 @@ def scratch_domain(beir_dir: Path) -> str:
     return f"beir-{slug}"
 
 
-@flow(name="evaluate-retrieval", log_prints=True, task_runner=fanout.task_runner())
+@flow(name="evaluate-retrieval", log_prints=True, task_runner=task_runners.task_runner())
 def evaluate_retrieval(beir_dir: str, split: str = "test", domain: str | None = None) -> dict:
     """Index the corpus, rank every judged query with the default retriever (groups of queries fanned out on
     the configured task runner), score, log to MLflow."""

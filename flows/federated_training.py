@@ -15,7 +15,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from conveyor import tracking
 from conveyor.federated.launcher import LocalFederation
-from conveyor.federated.steps import (
+from conveyor.federated.task import ModelSpec
+from conveyor.settings import get_settings
+from tasks.federated import (
     await_global_model,
     federated_round,
     log_global_model,
@@ -23,8 +25,6 @@ from conveyor.federated.steps import (
     split_sites,
     train_baselines,
 )
-from conveyor.federated.task import ModelSpec
-from conveyor.settings import get_settings
 
 EXPERIMENT = "federated-training"
 

@@ -14,8 +14,9 @@ from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from conveyor import fanout, knowledge, tracking
+from conveyor import knowledge, tracking
 from conveyor.loaders import Skipped
+from flows import task_runners
 from tasks.indexing import (
     clear_staging,
     commit_changes,
@@ -47,7 +48,7 @@ class IndexReport(BaseModel):
     seconds: dict[str, float]
 
 
-@flow(name="index-documents", log_prints=True, task_runner=fanout.task_runner())
+@flow(name="index-documents", log_prints=True, task_runner=task_runners.task_runner())
 def index_documents(
     domain: str,
     source: str | None = None,

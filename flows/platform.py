@@ -1,29 +1,32 @@
-"""Flow `platform`: the end-to-end run behind `make run` (data, knowledge, retrieval, training, agents)."""
+"""Flow `platform`: the end-to-end run behind `make run` (data, knowledge, retrieval, training, agents).
+
+Indexing, evaluation and training run the same flow calls as the DVC stages (`dvc repro`), built by
+conveyor/pipeline.py from `params.yaml`: the two cannot disagree.
+"""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from conveyor import tracking
+from conveyor import pipeline, tracking
 from conveyor.registry import PromotionDecision
 from conveyor.settings import ConfigurationError, get_settings
 from flows.evaluate_retrieval import evaluate_retrieval
 from flows.index_documents import IndexReport, index_documents
 from flows.run_agent_task import EXAMPLE_TASK, AgentRunSummary, run_agent_task
-from flows.train_model import train_model
-from flows.train_tabular import train_tabular
+from flows.train_model import TrainModelParams, train_model
+from flows.train_tabular import TrainTabularParams, train_tabular
 from tasks.data_prep import prepare_data
 
 
 class PlatformOptions(BaseModel):
-    """What the end-to-end run covers."""
+    """Which steps the end-to-end run covers; what they run is params.yaml's (conveyor/pipeline.py)."""
 
-    benchmark: str | None = "cranfield"
+    evaluate: bool = True
     train: bool = True
     agent_task: str | None = EXAMPLE_TASK
 
@@ -38,25 +41,24 @@ class PlatformSummary(BaseModel):
 
 @flow(name="platform", log_prints=True)
 def platform(options: PlatformOptions | None = None) -> PlatformSummary:
-    """Prepare data, index every knowledge domain, evaluate retrieval, train and register, run agents."""
+    """Prepare data, index the knowledge domains, evaluate retrieval, train and register, run agents."""
     options = options or PlatformOptions()
     settings = get_settings()
     logger = get_run_logger()
     logger.info("MLflow tracking at %s", tracking.check_reachable())
+    params = pipeline.load_params()
 
     data = prepare_data(settings.data_dir)
     indexed = {
-        folder.name: index_documents(domain=folder.name, source=str(folder))
-        for folder in sorted(Path(data.knowledge_dir).iterdir())
-        if folder.is_dir()
+        run["domain"]: index_documents(**run) for run in pipeline.index_runs(params, settings.data_dir)
     }
     retrieval = {}
-    if options.benchmark:
-        retrieval = evaluate_retrieval(beir_dir=str(benchmark_dir(options.benchmark)))
+    if options.evaluate:
+        retrieval = evaluate_retrieval(**pipeline.evaluate_run(params, settings.benchmarks_dir))
     trained = {}
     if options.train:
-        trained["train-tabular"] = train_tabular()
-        trained["train-model"] = train_model()
+        trained["train-tabular"] = train_tabular(params.train.tabular)
+        trained["train-model"] = train_model(params.train.model)
     agent_run = run_agent_task(task=options.agent_task) if options.agent_task else None
 
     summary = PlatformSummary(
@@ -115,20 +117,19 @@ def _markdown(summary: PlatformSummary) -> str:
     return "\n".join(lines)
 
 
-def benchmark_dir(name: str) -> Path:
-    """A BEIR collection under CONVEYOR_BENCHMARKS_DIR, or a ConfigurationError naming the missing file."""
-    beir_dir = get_settings().benchmarks_dir / name
-    if not (beir_dir / "corpus.jsonl").is_file():
-        raise ConfigurationError(f"missing {beir_dir / 'corpus.jsonl'} (set CONVEYOR_BENCHMARKS_DIR)")
-    return beir_dir
-
-
 def preflight(options: PlatformOptions) -> None:
-    """Check settings, the tracking store and the input files before any run starts."""
-    get_settings()
+    """Check settings, the tracking store, params.yaml and the input files before any run starts."""
+    settings = get_settings()
     tracking.check_reachable()
-    if options.benchmark:
-        benchmark_dir(options.benchmark)
+    params = pipeline.load_params()
+    if options.evaluate:
+        pipeline.evaluate_run(params, settings.benchmarks_dir)
+    if options.train:
+        for model, section in [(TrainTabularParams, "tabular"), (TrainModelParams, "model")]:
+            try:
+                model.model_validate(getattr(params.train, section))
+            except ValidationError as exc:
+                raise ConfigurationError(f"{pipeline.PARAMS_FILE} train.{section}: {exc}") from None
 
 
 def main() -> None:

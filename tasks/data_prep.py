@@ -10,9 +10,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
+from conveyor import pipeline
 from conveyor.settings import ConfigurationError
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class PreparedData(BaseModel):
@@ -26,20 +25,21 @@ class PreparedData(BaseModel):
 def prepare_data(data_dir: Path, stage: str = "prepare-data") -> PreparedData:
     """Run the DVC stage that builds the datasets; DVC skips it when nothing it depends on changed."""
     logger = get_run_logger()
-    if (REPO / "dvc.yaml").is_file() and (REPO / ".dvc").is_dir() and data_dir.resolve() == REPO / "data":
-        command = [sys.executable, "-m", "dvc", "repro", stage]
+    repo = pipeline.REPO
+    if (repo / "dvc.yaml").is_file() and (repo / ".dvc").is_dir() and data_dir.resolve() == repo / "data":
+        reused = not pipeline.reproduce(stage)
+        how = f"dvc repro {stage}"
     else:  # a data folder outside the repo (tests, custom CONVEYOR_DATA_DIR): build it directly
-        command = [sys.executable, str(REPO / "data" / "prepare.py"), "--out", str(data_dir)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise ConfigurationError(
-            f"preparing data failed ({' '.join(command[1:])}): {done.stderr.strip()[-800:]}"
-        )
-    reused = "didn't change, skipping" in done.stdout or "up to date" in done.stdout
-    logger.info("data %s (%s)", "unchanged: DVC reused it" if reused else "rebuilt", " ".join(command[2:]))
+        command = [sys.executable, str(repo / "data" / "prepare.py"), "--out", str(data_dir)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        how = " ".join(command[1:])
+        if done.returncode != 0:
+            raise ConfigurationError(f"preparing data failed ({how}): {done.stderr.strip()[-800:]}")
+        reused = False
+    logger.info("data %s (%s)", "unchanged: DVC reused it" if reused else "rebuilt", how)
     for needed in (data_dir / "knowledge", data_dir / "tabular"):
         if not needed.is_dir():
-            raise ConfigurationError(f"missing data folder {needed} after `{' '.join(command[1:])}`")
+            raise ConfigurationError(f"missing data folder {needed} after `{how}`")
     return PreparedData(
         stage=stage,
         reused=reused,

@@ -13,12 +13,11 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import yaml
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from conveyor import datasets, registry, tracking
+from conveyor import datasets, pipeline, registry, tracking
 from conveyor.settings import get_settings
 from conveyor.training.data import split_frame
 from conveyor.training.evaluation import GREATER_IS_BETTER, Metric, model_scorer, score
@@ -27,8 +26,6 @@ from conveyor.training.launch import launch, needs_launcher
 from conveyor.training.model import TabularClassifier, feature_array
 from conveyor.training.tabular import SKOPS_TRUSTED_TYPES, build_pipeline
 from conveyor.training.validation import Task, check_training_frame
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class TrainingDiverged(RuntimeError):
@@ -54,7 +51,7 @@ class DatasetRef(BaseModel):
             "conveyor.dataset_version": str(self.version),
             "conveyor.dataset_sha256": self.sha256,
             "dvc.md5": self.md5,
-            "dvc.tracked": str(dvc_tracks(Path(self.path), self.md5)).lower(),
+            "dvc.tracked": str(pipeline.locked_md5(Path(self.path)) == self.md5).lower(),
         }
 
 
@@ -199,20 +196,3 @@ def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)[:500]
     return flat
-
-
-def dvc_tracks(path: Path, md5: str, repo: Path = REPO) -> bool:
-    """Whether this exact file is what DVC locked: inside a locked output whose manifest lists its md5."""
-    lock = repo / "dvc.lock"
-    if not lock.is_file():
-        return False
-    for stage in yaml.safe_load(lock.read_text()).get("stages", {}).values():
-        for out in stage.get("outs", []):
-            folder = (repo / out["path"]).resolve()
-            if not path.resolve().is_relative_to(folder):
-                continue
-            digest = out.get("md5", "")
-            manifest = repo / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
-            entries = json.loads(manifest.read_text()) if manifest.is_file() else []
-            return any(folder / e["relpath"] == path.resolve() and e["md5"] == md5 for e in entries)
-    return False

@@ -1,11 +1,14 @@
-"""The DVC pipeline: stage graph, `dvc repro prepare-data` in a scratch copy (reuse, re-run), remote, metrics.
+"""The DVC pipeline: stage graph, `dvc repro prepare-data` in a scratch copy (reuse, re-run; the CLI and
+DVC's Python API), which files a lock pins, remote, metrics.
 
-The whole pipeline, every stage for real, is in test_dvc_pipeline.py.
+The whole pipeline, every stage for real, is in test_dvc_pipeline.py; its code deps in
+test_pipeline_definition.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -14,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.training import dvc_tracks
+from conveyor.pipeline import locked_md5, reproduce
+from conveyor.settings import ConfigurationError
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -58,14 +62,19 @@ class TestPipeline:
     def test_every_stage_reads_its_params_section_and_writes_metrics(self):
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         for stage, metrics in METRICS.items():
-            assert PIPELINE[stage]["params"] == [stage] and stage in params
             assert PIPELINE[stage]["metrics"] == [{metrics: {"cache": False}}]
+        for stage in ["index", "evaluate-retrieval", "train"]:
+            assert PIPELINE[stage]["params"] == [stage] and stage in params
+        # register reads which models train registered from train's metrics, not from a list of its own
+        assert "params" not in PIPELINE["register"] and "register" not in params
+        assert f"--trained {METRICS['train']}" in PIPELINE["register"]["cmd"]
 
     def test_flow_stages_depend_on_their_runner_and_the_benchmark(self):
         for stage in METRICS:
             assert "deployments/dvc_stage.py" in PIPELINE[stage]["deps"], stage
+            assert PIPELINE[stage]["cmd"].startswith(f"python -m deployments.dvc_stage {stage} "), stage
         # the BEIR collection named in params.yaml: a changed benchmark re-runs the evaluation
-        assert "${evaluate-retrieval.beir_dir}" in PIPELINE["evaluate-retrieval"]["deps"]
+        assert "data/benchmarks/${evaluate-retrieval.collection}" in PIPELINE["evaluate-retrieval"]["deps"]
 
     def test_the_repository_pipeline_is_valid(self):
         listed = dvc("stage", "list", cwd=REPO)
@@ -83,18 +92,30 @@ class TestRepro:
         out = dvc("repro", "prepare-data", cwd=scratch)
         assert "Running stage" not in out
         assert "didn't change" in out or "up to date" in out
+        assert json.loads(dvc("status", "--json", "prepare-data", cwd=scratch)) == {}
+        assert reproduce("prepare-data", repo=scratch) is False  # what the platform flow calls
 
     def test_training_runs_know_whether_dvc_tracks_their_csv(self, scratch: Path):
         csv = scratch / "data" / "tabular" / "breast_cancer.csv"
-        md5 = hashlib.md5(csv.read_bytes()).hexdigest()
-        assert dvc_tracks(csv, md5, repo=scratch)
-        assert not dvc_tracks(csv, "0" * 32, repo=scratch)  # edited after the lock
-        assert not dvc_tracks(scratch / "elsewhere.csv", md5, repo=scratch)
+        locked = locked_md5(csv, repo=scratch)
+        assert locked == hashlib.md5(csv.read_bytes()).hexdigest()
+        csv.write_text(csv.read_text() + "\n")  # edited after the lock: the lock still pins the old bytes
+        assert locked_md5(csv, repo=scratch) == locked != hashlib.md5(csv.read_bytes()).hexdigest()
+        assert locked_md5(scratch / "README.md", repo=scratch) is None  # in git, not a DVC output
+        assert locked_md5(scratch.parent / "elsewhere.csv", repo=scratch) is None
+        assert json.loads(dvc("status", "--json", "prepare-data", cwd=scratch)) == {
+            "prepare-data": [{"changed outs": {"data/tabular": "modified"}}]
+        }
 
     def test_a_changed_dependency_reruns_the_stage(self, scratch: Path):
         with (scratch / "README.md").open("a") as readme:
             readme.write("\nOne more line for the knowledge base.\n")
-        assert "Running stage 'prepare-data'" in dvc("repro", "prepare-data", cwd=scratch)
+        assert reproduce("prepare-data", repo=scratch) is True
+        assert "Running stage" not in dvc("repro", "prepare-data", cwd=scratch)
+
+    def test_a_failing_stage_is_a_configuration_error_naming_it(self, scratch: Path):
+        with pytest.raises(ConfigurationError, match="dvc status --json no-such-stage"):
+            reproduce("no-such-stage", repo=scratch)
 
     def test_push_and_pull_through_the_local_remote(self, scratch: Path):
         dvc("push", cwd=scratch)
@@ -105,9 +126,12 @@ class TestRepro:
 
 
 def test_register_stage_writes_metrics_dvc_reads(scratch: Path, settings):
+    trained = scratch / "metrics" / "train.json"
+    trained.parent.mkdir(exist_ok=True)
+    trained.write_text(json.dumps({"tabular": {"decision": {"name": "never-trained"}}}))
     metrics = scratch / "metrics" / "registry.json"
-    runner = str(REPO / "deployments" / "dvc_stage.py")
-    command = [sys.executable, runner, "register", "--metrics", str(metrics)]
+    command = [sys.executable, "-m", "deployments.dvc_stage", "register"]
+    command += ["--trained", str(trained), "--metrics", str(metrics)]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True, timeout=300)
-    shown = dvc("metrics", "show", str(metrics.relative_to(scratch)), cwd=scratch)
-    assert "versions" in shown
+    shown = json.loads(dvc("metrics", "show", "--json", str(metrics.relative_to(scratch)), cwd=scratch))
+    assert shown[""]["data"]["metrics/registry.json"]["data"] == {"never-trained": {"versions": 0}}

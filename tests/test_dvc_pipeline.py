@@ -3,24 +3,39 @@
 prepare-data -> index -> evaluate-retrieval -> train -> register: the stages run the Prefect flows through
 deployments/dvc_stage.py (against the session's Prefect test server, MLflow and LanceDB in the session's
 state folder, the packaged embedding model), with test-sized parameters: one knowledge domain, a small
-BEIR collection cut from Cranfield, a 1-epoch MLP and a 10-tree forest.
+BEIR collection cut from Cranfield, a 1-epoch MLP and a 10-tree forest. The scratch copy holds only the
+stages' declared deps, and the stages run its code: an undeclared import fails the run. Then the `platform`
+flow, run in the same copy, makes exactly the flow runs the stages made (one params.yaml for both).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    FlowRunFilterParentTaskRunId,
+    FlowRunFilterStartTime,
+)
 from prefect.settings import PREFECT_API_URL
+
+from conveyor import pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -30,14 +45,16 @@ CRANFIELD = REPO / "data" / "benchmarks" / "cranfield"
 N_QUERIES = 10
 N_FILLER_DOCS = 40
 MODELS = {"tabular": "dvc-pipeline-forest", "model": "dvc-pipeline-mlp"}  # not other tests' registry entries
+COLLECTION = "cranfield-small"
 TEST_PARAMS = {
     "index": {"domains": ["ml-datasets"]},
+    "evaluate-retrieval": {"collection": COLLECTION},
     "train": {
         "tabular": {"forest": {"n_estimators": 10}, "model_name": MODELS["tabular"]},
         "model": {"epochs": 1, "model_name": MODELS["model"]},
     },
-    "register": {"models": list(MODELS.values())},
 }
+PIPELINE_FLOWS = ["index-documents", "evaluate-retrieval", "train-tabular", "train-model"]
 METRICS = {
     "index": "metrics/index.json",
     "evaluate-retrieval": "metrics/retrieval.json",
@@ -47,7 +64,7 @@ METRICS = {
 
 
 def pipeline_inputs() -> set[str]:
-    """Repository paths the stages read: their deps (less other stages' outputs) and the scripts they run."""
+    """Repository paths the stages read: their deps, less other stages' outputs."""
     produced = set()
     for stage in PIPELINE.values():
         produced |= {next(iter(m)) if isinstance(m, dict) else m for m in stage.get("outs", [])}
@@ -55,8 +72,15 @@ def pipeline_inputs() -> set[str]:
     inputs = {"dvc.yaml", ".dvcignore", "data/__init__.py"}
     for stage in PIPELINE.values():
         inputs |= {dep for dep in stage.get("deps", []) if "${" not in dep and dep not in produced}
-        inputs |= {word for word in stage["cmd"].split() if word.endswith(".py")}
     return inputs
+
+
+PLATFORM_RUN = """
+import json
+from flows.platform import PlatformOptions, platform
+state = platform(PlatformOptions(agent_task=None), return_state=True)
+print(json.dumps({"id": str(state.state_details.flow_run_id), "summary": state.result().model_dump()}))
+"""
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +97,7 @@ def tiny_beir(folder: Path) -> tuple[int, int]:
     judged = [row for row in rows if row[0] in query_ids]
     corpus = [json.loads(line) for line in (CRANFIELD / "corpus.jsonl").read_text().splitlines()]
     keep = {row[1] for row in judged} | {doc["_id"] for doc in corpus[:N_FILLER_DOCS]}
-    folder.mkdir(parents=True)
-    (folder / "qrels").mkdir()
+    (folder / "qrels").mkdir(parents=True)
     with (folder / "corpus.jsonl").open("w") as out:
         out.writelines(json.dumps(doc) + "\n" for doc in corpus if doc["_id"] in keep)
     with (folder / "queries.jsonl").open("w") as out:
@@ -100,16 +123,9 @@ def env(settings) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory) -> dict[str, Any]:
-    folder = tmp_path_factory.mktemp("beir") / "cranfield-small"
-    queries, documents = tiny_beir(folder)
-    return {"dir": folder, "queries": queries, "documents": documents}
-
-
-@pytest.fixture(scope="module")
-def scratch(tmp_path_factory, collection, env) -> Path:
+def scratch(tmp_path_factory, env) -> Path:
     """A git + DVC repository with the pipeline's inputs and test-sized params.yaml."""
-    root = tmp_path_factory.mktemp("dvc-pipeline")
+    root = tmp_path_factory.mktemp("dvc-pipeline").resolve()
     for name in sorted(pipeline_inputs()):
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -118,11 +134,18 @@ def scratch(tmp_path_factory, collection, env) -> Path:
         else:
             shutil.copy(source, target)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TEST_PARAMS)
-    params["evaluate-retrieval"]["beir_dir"] = str(collection["dir"])
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc("init", "-q", cwd=root, env=env)
     return root
+
+
+@pytest.fixture(scope="module")
+def collection(scratch: Path) -> dict[str, Any]:
+    """The test-sized BEIR collection params.yaml names, where the evaluate stage depends on it."""
+    folder = scratch / "data" / "benchmarks" / COLLECTION
+    queries, documents = tiny_beir(folder)
+    return {"dir": folder, "queries": queries, "documents": documents}
 
 
 def dvc(*args: str, cwd: Path, env: dict[str, str]) -> str:
@@ -145,9 +168,42 @@ def metrics_shown(scratch: Path, env: dict[str, str]) -> dict[str, Any]:
     return {stage: files[path]["data"] for stage, path in METRICS.items()}
 
 
+def flow_calls(**run_filter: Any) -> list[tuple[str, str]]:
+    """(flow name, parameters as JSON) of the pipeline flows' runs that match a FlowRunFilter."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=PIPELINE_FLOWS)),
+            flow_run_filter=FlowRunFilter(**run_filter),
+        )
+        names = {run.flow_id: client.read_flow(run.flow_id).name for run in runs}
+    return sorted((names[run.flow_id], json.dumps(run.parameters, sort_keys=True)) for run in runs)
+
+
+def as_recorded(flow: Any, call: dict[str, Any]) -> tuple[str, str]:
+    """A flow call as the Prefect API records its run: every parameter, defaults included."""
+    bound = inspect.signature(flow.fn).bind(**call)
+    bound.apply_defaults()
+    return flow.name, json.dumps(bound.arguments, sort_keys=True)
+
+
 @pytest.fixture(scope="module")
-def first_repro(scratch: Path, env) -> str:
-    return dvc("repro", cwd=scratch, env=env)
+def repro_run(scratch: Path, collection, env) -> tuple[str, FlowRunFilterStartTime]:
+    """The first `dvc repro`: its output and when it ran."""
+    started = datetime.now(UTC)
+    out = dvc("repro", cwd=scratch, env=env)
+    return out, FlowRunFilterStartTime(after_=started, before_=datetime.now(UTC))
+
+
+@pytest.fixture(scope="module")
+def first_repro(repro_run) -> str:
+    return repro_run[0]
+
+
+@pytest.fixture(scope="module")
+def stage_calls(repro_run) -> list[tuple[str, str]]:
+    """The flow runs the stages made: top-level runs while the first `dvc repro` ran."""
+    top_level = FlowRunFilterParentTaskRunId(is_null_=True)
+    return flow_calls(start_time=repro_run[1], parent_task_run_id=top_level)
 
 
 class TestFullRepro:
@@ -159,7 +215,8 @@ class TestFullRepro:
         assert all((scratch / path).is_file() for path in METRICS.values())
         lock = yaml.safe_load((scratch / "dvc.lock").read_text())["stages"]
         assert set(lock) == set(STAGES)
-        assert str(collection["dir"]) in {dep["path"] for dep in lock["evaluate-retrieval"]["deps"]}
+        collection_dep = collection["dir"].relative_to(scratch).as_posix()
+        assert collection_dep in {dep["path"] for dep in lock["evaluate-retrieval"]["deps"]}
 
     def test_metrics_show_reads_every_stage(self, first_repro: str, scratch: Path, env, collection):
         metrics = metrics_shown(scratch, env)
@@ -191,6 +248,7 @@ class TestFullRepro:
         for result in json.loads((scratch / METRICS["train"]).read_text()).values():
             run = tracking.client().get_run(result["run_id"])
             assert run.data.tags["dvc.md5"] == hashlib.md5(tabular.read_bytes()).hexdigest()
+            assert run.data.tags["dvc.tracked"] == "true"  # the bytes scratch's dvc.lock pins
             sources = [json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs]
             assert sources == [str(tabular)], sources
 
@@ -198,10 +256,46 @@ class TestFullRepro:
         out = dvc("repro", cwd=scratch, env=env)
         assert ran(out) == set()
         assert skipped(out) == set(STAGES)
-        assert "up to date" in dvc("status", cwd=scratch, env=env).lower()
+        assert json.loads(dvc("status", "--json", cwd=scratch, env=env)) == {}
+
+    def test_the_stages_make_the_flow_runs_params_yaml_defines(self, stage_calls, scratch: Path):
+        from flows.evaluate_retrieval import evaluate_retrieval
+        from flows.index_documents import index_documents
+        from flows.train_model import train_model
+        from flows.train_tabular import train_tabular
+
+        params = pipeline.load_params(scratch / "params.yaml")
+        expected = [(index_documents, run) for run in pipeline.index_runs(params, scratch / "data")]
+        expected.append((evaluate_retrieval, pipeline.evaluate_run(params, scratch / "data" / "benchmarks")))
+        expected.append((train_tabular, {"params": params.train.tabular}))
+        expected.append((train_model, {"params": params.train.model}))
+        assert stage_calls == sorted(as_recorded(flow, call) for flow, call in expected)
+
+    def test_the_platform_flow_makes_the_same_flow_runs(self, stage_calls, scratch: Path, env):
+        for package in ["conveyor", "flows", "tasks", "agents"]:  # the platform's code, beyond the stages'
+            for source in (REPO / package).rglob("*"):
+                target = scratch / source.relative_to(REPO)
+                if source.is_file() and "__pycache__" not in source.parts and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(source, target)
+        data = scratch / "data"
+        run_env = env | {"CONVEYOR_DATA_DIR": str(data), "CONVEYOR_BENCHMARKS_DIR": str(data / "benchmarks")}
+        command = [sys.executable, "-c", PLATFORM_RUN]
+        done = subprocess.run(command, cwd=scratch, env=run_env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-4000:]
+        platform_run = json.loads(done.stdout.strip().splitlines()[-1])
+        assert platform_run["summary"]["data_reused"]  # `dvc status --json`: prepare-data unchanged
+        subflows = flow_calls(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[platform_run["id"]]))
+        assert subflows == stage_calls
+        assert json.loads(dvc("status", "--json", cwd=scratch, env=env)) == {}  # and it changed no stage
 
     def test_changed_train_params_rerun_train_and_register_only(self, first_repro: str, scratch: Path, env):
+        from conveyor import tracking
+
         before = metrics_shown(scratch, env)
+        versions = {
+            name: len(tracking.client().search_model_versions(f"name = '{name}'")) for name in MODELS.values()
+        }
         params = yaml.safe_load((scratch / "params.yaml").read_text())
         params["train"]["model"]["epochs"] += 1
         (scratch / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -211,6 +305,6 @@ class TestFullRepro:
         after = metrics_shown(scratch, env)
         assert after["train"]["model"]["run_id"] != before["train"]["model"]["run_id"]
         for name, registered in after["register"].items():
-            assert registered["versions"] == before["register"][name]["versions"] + 1 == 2
-            assert registered["challenger_version"] == 2
+            assert registered["versions"] == versions[name] + 1
+            assert registered["challenger_version"] == registered["versions"]
         assert after["evaluate-retrieval"] == before["evaluate-retrieval"]

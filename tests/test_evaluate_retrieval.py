@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
-from conveyor import fanout
 from conveyor.settings import get_settings, reset_settings
+from flows import task_runners
 from flows.evaluate_retrieval import evaluate_retrieval, main
 
 CRANFIELD = Path(__file__).resolve().parents[1] / "data" / "benchmarks" / "cranfield" / "corpus.jsonl"
@@ -75,7 +75,7 @@ def test_a_dask_cluster_gives_the_same_metrics(beir_dir: Path, retrieval_tasks_o
             update={"task_runner": "dask", "dask_address": cluster.scheduler_address}
         )
         with get_task_stream(client) as stream:
-            on_dask = evaluate_retrieval.with_options(task_runner=fanout.task_runner(settings))(
+            on_dask = evaluate_retrieval.with_options(task_runner=task_runners.task_runner(settings))(
                 beir_dir=str(beir_dir)
             )
         workers = set(cluster.scheduler_info["workers"])

@@ -12,9 +12,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 from pypdf import PdfWriter
 
-from conveyor import fanout, gateway, knowledge
+from conveyor import gateway, knowledge
 from conveyor.loaders import iter_source
 from conveyor.settings import get_settings, reset_settings
+from flows import task_runners
 from flows.index_documents import index_documents
 from tasks.indexing import domain_limit, embed_batch, plan_changes, stage_source
 
@@ -234,7 +235,7 @@ class TestFanOut:
             (source / f"part-{n}.md").write_text(f"# Part {n}\n\nStage {n} hands batch {n * 3} to queue {n}.")
         assert isinstance(index_documents.task_runner, ThreadPoolTaskRunner)  # the default
         on_threads = index_documents(domain="fan-threads", source=str(source))
-        runner = fanout.task_runner(get_settings().model_copy(update={"task_runner": "dask"}))
+        runner = task_runners.task_runner(get_settings().model_copy(update={"task_runner": "dask"}))
         assert isinstance(runner, DaskTaskRunner) and runner.cluster_class == "distributed.LocalCluster"
         on_dask = index_documents.with_options(task_runner=runner)(domain="fan-dask", source=str(source))
 

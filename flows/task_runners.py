@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from conveyor.settings import Settings, get_settings
+from conveyor.settings import ConfigurationError, Settings, get_settings
 
 
 def task_runner(settings: Settings | None = None) -> TaskRunner:
     """The runner `CONVEYOR_TASK_RUNNER` names: `threads` (Prefect's thread pool) or `dask` (prefect-dask:
     the scheduler at `CONVEYOR_DASK_ADDRESS`, else a `CONVEYOR_DASK_CLUSTER_CLASS` cluster for each flow run,
     e.g. `distributed.LocalCluster` or `dask_kubernetes.operator.KubeCluster`)."""
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ConfigurationError:
+            # Flows pick their runner when imported; a bad setting is reported by the entry point's
+            # preflight (or the run's first step) with its name, not as an import traceback.
+            return ThreadPoolTaskRunner()
     if settings.task_runner == "threads":
         return ThreadPoolTaskRunner()
     from prefect_dask import DaskTaskRunner
