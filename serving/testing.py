@@ -65,7 +65,9 @@ class ThreadedServer:
 
 
 class ProcessServer:
-    """`uvicorn serving.app:app` as a child process with extra environment; stopped on exit."""
+    """`uvicorn serving.app:app` as a child process with extra environment; stopped on exit.
+
+    `with` starts it and waits for `/health`; `start()` then `wait_until_up()` let several start together."""
 
     def __init__(self, env: dict[str, str], log_path: Path, startup_timeout_s: float = 120) -> None:
         self.port = free_port()
@@ -74,16 +76,26 @@ class ProcessServer:
         self._log_path = log_path
         self._timeout = startup_timeout_s
         self._process: subprocess.Popen | None = None
+        self._deadline = 0.0
 
     def __enter__(self) -> ProcessServer:
+        return self.start().wait_until_up()
+
+    def start(self) -> ProcessServer:
+        """Launch the process without waiting for it; the startup timeout counts from now."""
         command = [sys.executable, "-m", "uvicorn", "serving.app:app", "--host", "127.0.0.1",
                    "--port", str(self.port), "--no-access-log"]  # fmt: skip
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 command, cwd=REPO, env=self._env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + self._timeout
-        while time.monotonic() < deadline:
+        self._deadline = time.monotonic() + self._timeout
+        return self
+
+    def wait_until_up(self) -> ProcessServer:
+        """Wait for `/health`; RuntimeError (the process stopped) if it exits or the timeout passes."""
+        assert self._process is not None, "start() first"
+        while time.monotonic() < self._deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the API process exited; see {self._log_path}")
             try:

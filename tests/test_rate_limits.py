@@ -1,5 +1,6 @@
-"""Limits shared by API replicas: `limits` counting in SQL; two uvicorn processes on one database (request
-limit, sign-in limits and lockout, 64 clients under load); a `/ready` asking the LLM for its models only."""
+"""Limits shared by API replicas: `limits` counting in SQL; pairs of uvicorn processes, each pair on one
+database (request limit, sign-in limits and lockout, 64 clients under load); a `/ready` asking the LLM for its
+models only."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import chain, pairwise
 from pathlib import Path
 
 import httpx
@@ -26,9 +28,10 @@ from prefect.settings import PREFECT_API_URL
 
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, Settings
 from flows.index_documents import index_documents
+from serving import crud
 from serving.core.ratelimit import ApiLimits, SQLStorage
-from serving.db import make_engine
-from serving.testing import REPO, ProcessServer, free_port, login
+from serving.db import make_engine, make_sessionmaker
+from serving.testing import REPO, ProcessServer, free_port, login, poll
 
 ADMIN = ("admin", DEVELOPMENT_ADMIN_PASSWORD)
 DOMAIN = "limits-load"
@@ -36,6 +39,7 @@ TOPICS = ["pandas group by", "Prefect work pools", "CSV files", "tumour data", "
 LOAD_CLIENTS = 64
 LOAD_SECONDS = 60
 CLIENT_TIMEOUT_S = 60.0
+READY_CACHE_S = 3.0  # the `limited` replicas' /ready cache
 
 # A process hitting one shared counter: says "ready" once connected, waits for a line on stdin so that all
 # start together, prints the number of hits the limit allowed.
@@ -194,12 +198,14 @@ class FakeLLMEndpoint:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.called_at: list[float] = []  # time.monotonic() of each call
         self.healthy = True
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 endpoint.calls.append(f"{self.command} {self.path}")
+                endpoint.called_at.append(time.monotonic())
                 ok = endpoint.healthy and self.path == "/v1/models"
                 body = json.dumps(
                     {"object": "list", "data": [{"id": "fake", "object": "model"}]} if ok else {}
@@ -237,19 +243,63 @@ class Replicas:
     admin: dict[str, str]  # the development admin's headers, signed in once from 127.0.0.1
 
 
-@contextmanager
-def replicas(folder: Path, llm_url: str, **env: str) -> Iterator[Replicas]:
-    """Two API processes on one SQLite database, the model behind `llm_url`."""
+def replica_servers(folder: Path, llm_url: str, **env: str) -> list[ProcessServer]:
+    """Two API processes (not started) on one SQLite database, the model behind `llm_url`.
+
+    Its tables and first admin are made here: replicas starting together would race to make them."""
+    database = f"sqlite:///{folder / 'users.db'}"
+    engine = make_engine(database)
+    with make_sessionmaker(engine)() as session:
+        crud.ensure_first_admin(session, *ADMIN)
+    engine.dispose()
     shared = {
-        "CONVEYOR_DATABASE_URL": f"sqlite:///{folder / 'users.db'}",
+        "CONVEYOR_DATABASE_URL": database,
         "CONVEYOR_LLM_BACKEND": "openai",
         "CONVEYOR_LLM_BASE_URL": llm_url,
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         **env,
     }
-    with ExitStack() as stack:  # one after the other: the first creates the tables and the first admin
-        urls = [stack.enter_context(ProcessServer(shared, folder / f"api-{i}.log")).url for i in range(2)]
-        yield Replicas(urls, login(urls[0], *ADMIN))
+    return [ProcessServer(shared, folder / f"api-{i}.log", startup_timeout_s=300) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def replica_pairs(tmp_path_factory, llm_endpoint) -> Iterator[dict[str, Replicas]]:
+    """Two pairs of replicas, all four processes started together (their startups overlap).
+
+    `limited`: 40 requests per user and 8 sign-in attempts per address a minute, /ready caching the model's
+    answer for READY_CACHE_S. `defaults`: the default sign-in limits, and a request limit that the load never
+    reaches (counted in the database all the same)."""
+    settings = {
+        "limited": {
+            "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "40",
+            "CONVEYOR_API_LOGIN_ATTEMPTS_PER_MINUTE": "8",
+            "CONVEYOR_API_READY_CACHE_S": str(READY_CACHE_S),
+        },
+        "defaults": {"CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "1000000"},
+    }
+    pairs = {
+        name: replica_servers(tmp_path_factory.mktemp(name), llm_endpoint.url, **env)
+        for name, env in settings.items()
+    }
+    with ExitStack() as stack:
+        for server in chain(*pairs.values()):
+            stack.push(server.start())
+        for server in chain(*pairs.values()):
+            server.wait_until_up()
+        yield {
+            name: Replicas([server.url for server in pair], login(pair[0].url, *ADMIN))
+            for name, pair in pairs.items()
+        }
+
+
+@pytest.fixture(scope="module")
+def limited(replica_pairs) -> Replicas:
+    return replica_pairs["limited"]
+
+
+@pytest.fixture(scope="module")
+def defaults(replica_pairs) -> Replicas:
+    return replica_pairs["defaults"]
 
 
 def client_from(address: str) -> httpx.Client:
@@ -259,17 +309,6 @@ def client_from(address: str) -> httpx.Client:
 
 def sign_in(client: httpx.Client, url: str, username: str, password: str) -> httpx.Response:
     return client.post(f"{url}/auth/token", data={"username": username, "password": password})
-
-
-@pytest.fixture(scope="class")
-def limited(tmp_path_factory, llm_endpoint) -> Iterator[Replicas]:
-    """Replicas allowing 40 requests per user and 8 sign-in attempts per address a minute (default /ready)."""
-    env = {
-        "CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "40",
-        "CONVEYOR_API_LOGIN_ATTEMPTS_PER_MINUTE": "8",
-    }
-    with replicas(tmp_path_factory.mktemp("limited"), llm_endpoint.url, **env) as pair:
-        yield pair
 
 
 class TestReplicasShareLimits:
@@ -297,38 +336,45 @@ class TestReplicasShareLimits:
         assert elsewhere.status_code == 200  # the limit is the address's
 
     def test_ready_asks_the_model_only_for_its_model_list_and_caches_it(self, limited, llm_endpoint):
-        url, ttl_s = limited.urls[0], Settings().api_ready_cache_s  # no probe of this replica before
+        url = limited.urls[0]  # no probe of this replica before
+
+        def probe() -> httpx.Response:
+            return httpx.get(f"{url}/ready", timeout=60)
+
         llm_endpoint.calls.clear()
+        llm_endpoint.called_at.clear()
         with ThreadPoolExecutor(8) as pool:
-            probes = list(pool.map(lambda _: httpx.get(f"{url}/ready", timeout=60), range(8)))
+            probes = list(pool.map(lambda _: probe(), range(8)))
         assert {p.json()["checks"]["llm"] for p in probes} == {"ok"}
         assert {p.json()["checks"]["rate_limits"] for p in probes} == {"ok"}
         assert llm_endpoint.calls == ["GET /v1/models"]  # one cheap call for 8 probes, no completion
 
+        # Once the answer expires a probe asks again; right after that the answer is reused while the model
+        # is down, until it expires and the failure shows.
+        poll(lambda: probe().is_success and len(llm_endpoint.calls) == 2, 60, "a second model call", 0.2)
+        answers: list[httpx.Response] = []
+
+        def failing() -> bool:
+            answers.append(probe())
+            return answers[-1].status_code == 503
+
         llm_endpoint.healthy = False
         try:
-            assert httpx.get(f"{url}/ready", timeout=60).json()["checks"]["llm"] == "ok"  # cached
-            time.sleep(ttl_s)
-            down = httpx.get(f"{url}/ready", timeout=60)
+            poll(failing, 60, "/ready failing", every_s=0.2)
         finally:
             llm_endpoint.healthy = True
-        assert down.status_code == 503
+        *cached, down = answers
+        assert cached and {a.json()["checks"]["llm"] for a in cached} == {"ok"}
         assert (
             down.json()["checks"]["llm"] == f"error: LLM endpoint {llm_endpoint.url}/models answered HTTP 503"
         )
-        assert llm_endpoint.calls == ["GET /v1/models"] * 2
-
-
-@pytest.fixture(scope="class")
-def defaults(tmp_path_factory, llm_endpoint) -> Iterator[Replicas]:
-    """Replicas on the default sign-in limits."""
-    with replicas(tmp_path_factory.mktemp("defaults"), llm_endpoint.url) as pair:
-        yield pair
+        assert llm_endpoint.calls == ["GET /v1/models"] * 3
+        assert all(later - earlier >= READY_CACHE_S for earlier, later in pairwise(llm_endpoint.called_at))
 
 
 class TestLoginLockout:
     def test_twenty_wrong_passwords_lock_the_account_on_every_replica(self, defaults):
-        assert Settings().api_login_max_failures == 20  # the defaults under test
+        assert Settings().api_login_max_failures == 20  # the default sign-in limits under test
         for name in ("victim", "bystander"):
             body = {"username": name, "password": f"{name}-pass1"}
             assert (
@@ -361,45 +407,43 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class TestLoad:
-    def test_64_clients_for_a_minute_on_two_replicas(self, tmp_path, llm_endpoint, output_dir):
+    def test_64_clients_for_a_minute_on_two_replicas(self, defaults, llm_endpoint, output_dir):
         documents = [
             {"id": f"note-{i}", "title": topic, "text": f"Note {i} about {topic}: " + " ".join(TOPICS) * 3}
             for i, topic in enumerate(TOPICS * 5)
         ]
         index_documents(domain=DOMAIN, documents=documents)
-        env = {"CONVEYOR_API_RATE_LIMIT_PER_MINUTE": "1000000"}  # counted in the database, never reached
-        with replicas(tmp_path, llm_endpoint.url, **env) as pair:
-            urls = pair.urls
-            latencies: list[float] = []
-            failures: list[str] = []
-            lock = threading.Lock()
-            end = time.monotonic() + LOAD_SECONDS
+        urls = defaults.urls
+        latencies: list[float] = []
+        failures: list[str] = []
+        lock = threading.Lock()
+        end = time.monotonic() + LOAD_SECONDS
 
-            def client(n: int) -> None:
-                with httpx.Client(timeout=CLIENT_TIMEOUT_S, headers=pair.admin) as http:
-                    i = n
-                    while time.monotonic() < end:
-                        body = {"query": TOPICS[i % len(TOPICS)], "domains": [DOMAIN], "k": 5}
-                        started = time.perf_counter()
-                        try:
-                            response = http.post(f"{urls[i % 2]}/rag/query", json=body)
-                            failure = None if response.status_code == 200 else f"HTTP {response.status_code}"
-                        except httpx.TimeoutException:
-                            failure = "hang"
-                        except httpx.HTTPError as exc:
-                            failure = type(exc).__name__
-                        with lock:
-                            (
-                                failures.append(failure)
-                                if failure
-                                else latencies.append(time.perf_counter() - started)
-                            )
-                        i += LOAD_CLIENTS
+        def client(n: int) -> None:
+            with httpx.Client(timeout=CLIENT_TIMEOUT_S, headers=defaults.admin) as http:
+                i = n
+                while time.monotonic() < end:
+                    body = {"query": TOPICS[i % len(TOPICS)], "domains": [DOMAIN], "k": 5}
+                    started = time.perf_counter()
+                    try:
+                        response = http.post(f"{urls[i % 2]}/rag/query", json=body)
+                        failure = None if response.status_code == 200 else f"HTTP {response.status_code}"
+                    except httpx.TimeoutException:
+                        failure = "hang"
+                    except httpx.HTTPError as exc:
+                        failure = type(exc).__name__
+                    with lock:
+                        (
+                            failures.append(failure)
+                            if failure
+                            else latencies.append(time.perf_counter() - started)
+                        )
+                    i += LOAD_CLIENTS
 
-            started = time.monotonic()
-            with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
-                list(pool.map(client, range(LOAD_CLIENTS)))
-            wall = time.monotonic() - started
+        started = time.monotonic()
+        with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+            list(pool.map(client, range(LOAD_CLIENTS)))
+        wall = time.monotonic() - started
         figures = {
             "clients": LOAD_CLIENTS,
             "replicas": 2,
