@@ -34,8 +34,8 @@ system-deps:
 run: install
 	$(BIN)/python -m flows.platform
 
-# The suite, then (as root, unless CONTAINERS=0) the images built and run for real.
-test: install system-deps
+# The lint gate, the suite, then (as root, unless CONTAINERS=0) the images built and run for real.
+test: install system-deps lint
 	$(BIN)/python -m pytest
 	@if [ "$$(id -u)" = 0 ] && [ "$(CONTAINERS)" != 0 ]; then $(MAKE) --no-print-directory test-containers; \
 	else echo "container images: not built (needs root; CONTAINERS=0 skips)"; fi
@@ -59,8 +59,11 @@ down:
 bench: install
 	$(BIN)/python -m bench $(ONLY)
 
+# ruff (lint + format) on the whole tree; mypy on the library layers (pyproject.toml [tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean: down
 	rm -rf .conveyor

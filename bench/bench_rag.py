@@ -45,9 +45,11 @@ def package_readmes(limit_chars: int | None) -> list[tuple[str, str, str]]:
 def write_known_item(out: Path, items: list[tuple[str, str, str]]) -> None:
     """A BEIR directory where each query (a one-line summary) has exactly one relevant document."""
     (out / "qrels").mkdir(parents=True, exist_ok=True)
-    with (out / "corpus.jsonl").open("w") as docs, (out / "queries.jsonl").open("w") as queries, (
-        out / "qrels" / "test.tsv"
-    ).open("w") as qrels:
+    with (
+        (out / "corpus.jsonl").open("w") as docs,
+        (out / "queries.jsonl").open("w") as queries,
+        (out / "qrels" / "test.tsv").open("w") as qrels,
+    ):
         qrels.write("query-id\tcorpus-id\tscore\n")
         for n, (doc_id, summary, body) in enumerate(items):
             docs.write(json.dumps({"_id": doc_id, "title": "", "text": body}) + "\n")
@@ -124,15 +126,19 @@ def bench_indexing(folder: Path, max_docs: int | None) -> None:
     embed(sample)
     raw_rate = len(sample) / (time.perf_counter() - started)
     raw = len(texts) / raw_rate
-    print(f"raw encode: {raw_rate:.0f} chunks/s over {len(sample)} of the {len(texts)} chunk texts "
-          f"= {raw:.1f} s for all, {len(documents) / raw:.1f} docs/s")
+    print(
+        f"raw encode: {raw_rate:.0f} chunks/s over {len(sample)} of the {len(texts)} chunk texts "
+        f"= {raw:.1f} s for all, {len(documents) / raw:.1f} docs/s"
+    )
 
     knowledge.drop_domain(DOMAIN)
     started = time.perf_counter()
     full = index_documents(domain=DOMAIN, source=str(source))
     full_s = time.perf_counter() - started
-    print(f"index-documents full: {full.rows} chunks in {full_s:.1f} s ({len(documents) / full_s:.1f} docs/s,"
-          f" {100 * raw / full_s:.0f}% of raw encode throughput); stages {full.seconds}")
+    print(
+        f"index-documents full: {full.rows} chunks in {full_s:.1f} s ({len(documents) / full_s:.1f} docs/s,"
+        f" {100 * raw / full_s:.0f}% of raw encode throughput); stages {full.seconds}"
+    )
 
     lines = source.read_text().splitlines()
     changed = random.Random(0).sample(range(len(lines)), max(1, len(lines) // 100))
@@ -144,8 +150,10 @@ def bench_indexing(folder: Path, max_docs: int | None) -> None:
     started = time.perf_counter()
     again = index_documents(domain=DOMAIN, source=str(source))
     again_s = time.perf_counter() - started
-    print(f"re-index after {len(changed)} changed docs (1%): {again_s:.1f} s = {100 * again_s / full_s:.1f}% "
-          f"of the full index (updated {again.updated}, unchanged {again.unchanged}); stages {again.seconds}")
+    print(
+        f"re-index after {len(changed)} changed docs (1%): {again_s:.1f} s = {100 * again_s / full_s:.1f}% "
+        f"of the full index (updated {again.updated}, unchanged {again.unchanged}); stages {again.seconds}"
+    )
 
 
 def bench_queries(domain: str, rounds: int = 200, callers: int = 16) -> None:
@@ -175,8 +183,10 @@ def bench_queries(domain: str, rounds: int = 200, callers: int = 16) -> None:
                 concurrent.append(future.result())
             except Exception:  # counted and reported: any failure under load is a finding
                 errors += 1
-    print(f"query latency at {rows} chunks, {callers} concurrent callers: {percentiles(concurrent)}, "
-          f"{errors} errors")
+    print(
+        f"query latency at {rows} chunks, {callers} concurrent callers: {percentiles(concurrent)}, "
+        f"{errors} errors"
+    )
 
 
 def _lancedb_hybrid(domain: str, query: str, vector, depth: int) -> list[str]:
@@ -207,8 +217,13 @@ def bench_quality(beir_dir: Path) -> None:
     qrels = beir.read_qrels(beir_dir)
     queries = {q: t for q, t in beir.read_queries(beir_dir).items() if q in qrels}
     vectors = embed(list(queries.values()))
-    runs: dict[str, dict[str, list[str]]] = {"bm25": {}, "dense": {}, "lancedb-hybrid-rrf": {}, "rrf": {},
-                                               "convex": {}}
+    runs: dict[str, dict[str, list[str]]] = {
+        "bm25": {},
+        "dense": {},
+        "lancedb-hybrid-rrf": {},
+        "rrf": {},
+        "convex": {},
+    }
     for (query_id, text), vector in zip(queries.items(), vectors, strict=True):
         dense = retrieval.dense_candidates(domain, vector, 400)
         text_hits = retrieval.text_candidates(domain, text, 400)

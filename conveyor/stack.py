@@ -58,7 +58,10 @@ def _worker_heartbeat_since(response: httpx.Response, since: datetime) -> bool:
 def services(settings: Settings) -> list[Service]:
     """The stack in start order; the chat API only once `serving/app.py` exists."""
     api, pool, mlflow_port, api_port = (
-        prefect_api_url(settings), settings.work_pool, settings.mlflow_port, settings.api_port
+        prefect_api_url(settings),
+        settings.work_pool,
+        settings.mlflow_port,
+        settings.api_port,
     )
     mlflow = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
     mlflow += ["--backend-store-uri", settings.tracking_uri]
@@ -67,28 +70,48 @@ def services(settings: Settings) -> list[Service]:
         Service(
             "prefect-server",
             [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)],
-            settings.prefect_port, "CONVEYOR_PREFECT_PORT", f"{api}/health", ready_timeout_s=90,
+            settings.prefect_port,
+            "CONVEYOR_PREFECT_PORT",
+            f"{api}/health",
+            ready_timeout_s=90,
         ),
         Service(
             "prefect-worker",
             [_bin("prefect"), "worker", "start", "--type", "process", "--pool", pool, "--name", WORKER_NAME],
-            0, "", f"{api}/work_pools/{pool}/workers/filter", ready_timeout_s=60,
+            0,
+            "",
+            f"{api}/work_pools/{pool}/workers/filter",
+            ready_timeout_s=60,
             is_ready=_worker_heartbeat_since,
         ),
         Service(
             "mlflow-server",
-            mlflow, mlflow_port, "CONVEYOR_MLFLOW_PORT", f"http://127.0.0.1:{mlflow_port}/health",
+            mlflow,
+            mlflow_port,
+            "CONVEYOR_MLFLOW_PORT",
+            f"http://127.0.0.1:{mlflow_port}/health",
             ready_timeout_s=120,
         ),
     ]
     if (REPO / "serving" / "app.py").exists():
-        stack.append(Service(
-            "chat-api",
-            [_bin("uvicorn"), "serving.app:app", "--host", settings.api_host, "--port", str(api_port),
-             "--no-access-log"],
-            api_port, "CONVEYOR_API_PORT", f"http://{settings.api_host}:{api_port}/health",
-            ready_timeout_s=120,
-        ))
+        stack.append(
+            Service(
+                "chat-api",
+                [
+                    _bin("uvicorn"),
+                    "serving.app:app",
+                    "--host",
+                    settings.api_host,
+                    "--port",
+                    str(api_port),
+                    "--no-access-log",
+                ],
+                api_port,
+                "CONVEYOR_API_PORT",
+                f"http://{settings.api_host}:{api_port}/health",
+                ready_timeout_s=120,
+            )
+        )
     return stack
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from conveyor.settings import ConfigurationError, Settings, get_settings
 
 
-def task_runner(settings: Settings | None = None) -> TaskRunner:
+def task_runner(settings: Settings | None = None) -> TaskRunner[Any]:
     """The runner `CONVEYOR_TASK_RUNNER` names: `threads` (Prefect's thread pool) or `dask` (prefect-dask:
     the scheduler at `CONVEYOR_DASK_ADDRESS`, else a `CONVEYOR_DASK_CLUSTER_CLASS` cluster for each flow run,
     e.g. `distributed.LocalCluster` or `dask_kubernetes.operator.KubeCluster`)."""

@@ -111,7 +111,7 @@ def stage_source(domain: str, source: str | None, documents: list[dict[str, Any]
         raise ValueError("give exactly one of `source` (folder, glob, JSONL) or `documents`")
     if documents is not None:
         items = iter_records(documents)
-    else:
+    elif source is not None:
         items = iter_source(source, get_settings().max_document_bytes)
     folder = staging_dir(domain)
     folder.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,10 @@ def plan_changes(domain: str, staged: StagedSource, delete_missing: bool) -> Cha
     stored = knowledge.document_hashes(domain)
     signature = corpus.signature()
     folder = staging_dir(domain)
-    added, updated, batches, pending = [], [], [], []
+    added: list[str] = []
+    updated: list[str] = []
+    batches: list[str] = []
+    pending: list[dict] = []
     seen: set[str] = set()
     chunks = unchanged = 0
     batch_chunks = get_settings().embedding_task_chunks
