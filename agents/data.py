@@ -158,7 +158,7 @@ def analyze(request: DataRequest) -> AgentResult:
     except SandboxUnavailable as exc:
         return AgentResult(agent=NAME, answer=f"Cannot run the analysis: {exc}", ok=False, error=str(exc))
     fallback = run is None
-    if fallback:
+    if run is None:
         code = profile_code(dataset_id, chart)
         try:
             run = run_code(code, files=files)

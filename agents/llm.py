@@ -10,16 +10,22 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from functools import cache
 from importlib import import_module
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
 from conveyor.settings import ConfigurationError, get_settings
+
+if TYPE_CHECKING:
+    from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionStreamResponse
+    from openai.types.chat import ChatCompletionMessageParam
+    from openai.types.chat.completion_create_params import ResponseFormat
+    from openai.types.shared_params import ResponseFormatJSONSchema
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +50,7 @@ class LLM(Protocol):
 
     def stream(
         self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
-    ) -> Iterator[str]: ...
+    ) -> Generator[str, None, None]: ...
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T: ...
 
@@ -137,16 +143,23 @@ class EmbeddedLLM:
         finally:
             self._lock.release()
 
-    def _chunks(self, messages: list[dict], **options) -> Iterator[str]:
+    def _chunks(self, messages: list[dict], **options) -> Generator[str, None, None]:
         with self._turn() as deadline:
-            for chunk in self._llama.create_chat_completion(messages=messages, stream=True, **options):
+            # Our messages are plain {role, content} dicts, not llama-cpp-python's per-role TypedDicts; and
+            # its return type does not say that stream=True gives an iterator of chunks.
+            chunks = self._llama.create_chat_completion(
+                messages=cast("list[ChatCompletionRequestMessage]", messages), stream=True, **options
+            )
+            for chunk in cast("Iterator[CreateChatCompletionStreamResponse]", chunks):
                 text = chunk["choices"][0]["delta"].get("content")
-                if text:
+                if isinstance(text, str) and text:
                     yield text
                 if time.monotonic() > deadline:
                     raise LLMUnavailable(f"generation exceeded {get_settings().llm_timeout_s:g} s")
 
-    def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
+    def stream(
+        self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
+    ) -> Generator[str, None, None]:
         chunks = self._chunks(messages, max_tokens=max_tokens, temperature=temperature)
         try:
             yield from chunks
@@ -202,15 +215,17 @@ class OpenAICompatibleLLM:
     def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str:
         with self._calls():
             response = self._client.chat.completions.create(
-                model=self.name, messages=messages, max_tokens=max_tokens, temperature=temperature
+                model=self.name, messages=_openai(messages), max_tokens=max_tokens, temperature=temperature
             )
         return response.choices[0].message.content or ""
 
-    def stream(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> Iterator[str]:
+    def stream(
+        self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
+    ) -> Generator[str, None, None]:
         with self._calls():
             for chunk in self._client.chat.completions.create(
                 model=self.name,
-                messages=messages,
+                messages=_openai(messages),
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=True,
@@ -220,7 +235,7 @@ class OpenAICompatibleLLM:
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
         """Ask for `json_schema`; servers that reject it (llama.cpp server: HTTP 500) get `json_object`."""
-        strict = {
+        strict: ResponseFormatJSONSchema = {
             "type": "json_schema",
             "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()},
         }
@@ -239,15 +254,20 @@ class OpenAICompatibleLLM:
                 self._create_json([hint, *messages], max_tokens, {"type": "json_object"}), schema
             )
 
-    def _create_json(self, messages: list[dict], max_tokens: int, response_format: dict) -> str:
+    def _create_json(self, messages: list[dict], max_tokens: int, response_format: ResponseFormat) -> str:
         response = self._client.chat.completions.create(
             model=self.name,
-            messages=messages,
+            messages=_openai(messages),
             max_tokens=max_tokens,
             temperature=0.0,
             response_format=response_format,
         )
         return response.choices[0].message.content or ""
+
+
+def _openai(messages: list[dict]) -> list[ChatCompletionMessageParam]:
+    """Our plain {role, content} dicts as the openai client's per-role TypedDicts (the same at runtime)."""
+    return cast("list[ChatCompletionMessageParam]", messages)
 
 
 @cache

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, create_model
 from agents import memory
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
-from agents.registry import AGENTS
+from agents.registry import AGENTS, agent_name_type
 
 STEP_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 MAX_STEPS = 8
@@ -108,15 +108,21 @@ def template_plan(task: str) -> Plan:
     return Plan(task=task, steps=steps, method="template")
 
 
-def _plan_schema() -> type[BaseModel]:
+class StepList(BaseModel):
+    """The planner's structured reply; `_plan_schema` gives the steps their fields."""
+
+    steps: list[BaseModel]
+
+
+def _plan_schema() -> type[StepList]:
     step = create_model(
         "Step",
         id=(str, Field(pattern=r"^[a-z][a-z0-9_]{0,19}$")),
-        agent=(Literal[tuple(AGENTS)], ...),
+        agent=(agent_name_type(), ...),
         instruction=(str, ...),
         inputs=(list[str], []),
     )
-    return create_model("StepList", steps=(list[step], Field(min_length=1, max_length=5)))
+    return create_model("StepList", __base__=StepList, steps=(list[step], Field(min_length=1, max_length=5)))
 
 
 EXAMPLE_TASK = "Analyze orders.csv, write code that plots orders per month, and summarize the findings"

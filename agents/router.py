@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, create_model
 
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
-from agents.registry import AGENTS
+from agents.registry import AGENTS, agent_name_type
 
 DEFAULT_AGENT = "research"
 KEYWORDS = {
@@ -51,8 +51,14 @@ def keyword_route(message: str) -> str:
     return best if counts[best] else DEFAULT_AGENT
 
 
-def _choice_schema() -> type[BaseModel]:
-    return create_model("AgentChoice", agent=(Literal[tuple(AGENTS)], ...))
+class AgentChoice(BaseModel):
+    """The router's structured reply; `_choice_schema` narrows `agent` to the registered names."""
+
+    agent: str
+
+
+def _choice_schema() -> type[AgentChoice]:
+    return create_model("AgentChoice", __base__=AgentChoice, agent=(agent_name_type(), ...))
 
 
 def route_prompt(message: str) -> list[dict]:

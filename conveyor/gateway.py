@@ -141,8 +141,8 @@ class _FanOut:
             if not job.done():
                 job.cancel()  # still queued: free the worker; already running: its result is ignored
                 self._fail(domain, f"no answer within {self.timeout_s:g} s")
-            elif job.exception() is not None:
-                self._fail(domain, _describe(job.exception()))
+            elif (error := job.exception()) is not None:
+                self._fail(domain, _describe(error))
             else:
                 found[domain] = job.result()
         return found

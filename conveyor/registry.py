@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -21,6 +22,9 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from conveyor import tracking
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -65,7 +69,7 @@ def champion_version(name: str) -> str | None:
     return str(found.version) if found else None
 
 
-def load_champion(name: str) -> tuple[str, mlflow.pyfunc.PyFuncModel]:
+def load_champion(name: str) -> tuple[str, PyFuncModel]:
     """Load the champion as a pyfunc model; returns (version, model).
 
     Raises:
@@ -192,7 +196,7 @@ def _publish_artifact(decision: PromotionDecision) -> None:
     )
 
 
-def model_input(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+def model_input(model: PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame | np.ndarray:
     """`frame` in the form the model's signature takes: an array of its dtype for tensor-signature
     models (Lightning), the frame itself for column-based ones (scikit-learn)."""
     schema = model.metadata.get_input_schema()
@@ -201,7 +205,7 @@ def model_input(model: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame) -> pd.Dat
     return frame
 
 
-def predict_rows(model: mlflow.pyfunc.PyFuncModel, inputs: list) -> list:
+def predict_rows(model: PyFuncModel, inputs: list) -> list:
     """Predictions for JSON-like `inputs` (rows of numbers, or records with column names) as a list."""
     schema = model.metadata.get_input_schema()
     names = schema.input_names() if schema is not None and schema.has_input_names() else None

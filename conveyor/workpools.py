@@ -82,7 +82,8 @@ def apply_crash_detection(api_url: str | None = None) -> str:
     overrides = {PREFECT_API_URL: api_url} if api_url else {}
     with temporary_settings(overrides):
         try:
-            automation.id = Automation.read(name=CRASH_DETECTION).id
+            # Prefect types read() as a coroutine (its async overloads); outside an event loop it runs sync.
+            automation.id = Automation.read(name=CRASH_DETECTION).id  # type: ignore[attr-defined]
         except ValueError:
             automation.create()
             return "created"

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import threading
-
-import mlflow
+from typing import TYPE_CHECKING
 
 from conveyor import registry
+
+if TYPE_CHECKING:
+    from mlflow.pyfunc import PyFuncModel
 
 
 class ChampionCache:
     """Keeps the loaded champion of each model name; reloads when the alias moves to another version."""
 
     def __init__(self) -> None:
-        self._models: dict[str, tuple[str, mlflow.pyfunc.PyFuncModel]] = {}
+        self._models: dict[str, tuple[str, PyFuncModel]] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> tuple[str, mlflow.pyfunc.PyFuncModel]:
+    def get(self, name: str) -> tuple[str, PyFuncModel]:
         """(version, model) of `models:/{name}@champion`; registry.ModelNotFound when there is none."""
         version = registry.champion_version(name)
         if version is None:

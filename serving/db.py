@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import ClassVar
 from uuid import uuid4
 
-from sqlalchemy import JSON, Engine, ForeignKey, String, Text, create_engine, event
+from sqlalchemy import JSON, Engine, ForeignKey, String, Table, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 
 
@@ -14,7 +15,7 @@ def _now() -> datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    __table__: ClassVar[Table]  # every model maps one plain table (SQLAlchemy types it as any FromClause)
 
 
 class User(Base):

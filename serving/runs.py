@@ -124,10 +124,11 @@ async def start_served_or_local(
     """A deployment run when a worker is polling the deployment's pool, else a local run in the background."""
     async with get_client() as client:
         deployment = _pick(await _deployments(client, flow.name), work_pool)
-        served = deployment is not None and await _pool_is_served(client, deployment.work_pool_name)
-    if served:
-        return await _run_deployment(flow.name, deployment, parameters, tags)
-    return await _start_local(flow, parameters, tags)
+        if deployment is not None and not await _pool_is_served(client, deployment.work_pool_name):
+            deployment = None  # no worker would pick the run up
+    if deployment is None:
+        return await _start_local(flow, parameters, tags)
+    return await _run_deployment(flow.name, deployment, parameters, tags)
 
 
 async def _pool_is_served(client, pool_name: str | None) -> bool:

@@ -21,6 +21,7 @@ from conveyor.federated.task import (
     evaluate,
     feature_moments,
     load_rows,
+    record_number,
     train_local,
 )
 
@@ -47,7 +48,7 @@ def _site_rows(context: Context):
 def _received_model(message: Message, num_features: int, context: Context) -> ProximalClassifier:
     spec = ModelSpec.from_run_config(context.run_config)
     model = build_model(num_features, spec, seed=int(context.run_config["seed"]), kind=ProximalClassifier)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(message.content.array_records["arrays"].to_torch_state_dict())
     return model
 
 
@@ -63,7 +64,7 @@ def _act_out_fault(context: Context) -> None:
 def moments(message: Message, context: Context) -> Message:
     """Row count and per-feature sums / sums of squares, for pooled standardisation."""
     features, _ = _site_rows(context)
-    content = RecordDict({"moments": MetricRecord(feature_moments(features)), "site": _site(context)})
+    content = RecordDict({"moments": MetricRecord(dict(feature_moments(features))), "site": _site(context)})
     return Message(content, reply_to=message)
 
 
@@ -73,9 +74,9 @@ def train(message: Message, context: Context) -> Message:
     _act_out_fault(context)
     features, labels = _site_rows(context)
     model = _received_model(message, features.shape[1], context)
-    config = message.content["config"]
-    model.anchor(float(config.get("proximal-mu", 0.0)))
-    server_round = int(config["server-round"])
+    config = message.content.config_records["config"]
+    model.anchor(float(record_number(config, "proximal-mu", default=0.0)))
+    server_round = int(record_number(config, "server-round"))
     loss = train_local(
         model,
         features,

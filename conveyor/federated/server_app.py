@@ -13,7 +13,14 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 
 from conveyor import runtime
 from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
-from conveyor.federated.task import ModelSpec, build_model, evaluate, load_rows, pooled_standardization
+from conveyor.federated.task import (
+    ModelSpec,
+    build_model,
+    evaluate,
+    load_rows,
+    pooled_standardization,
+    record_number,
+)
 
 GLOBAL_MODEL_FILE = "global_model.pt"
 app = ServerApp()
@@ -63,7 +70,7 @@ class SiteTracking:
 
 
 def site_label(reply: Message) -> str:
-    return f"site-{int(reply.content['site']['site-id'])}"
+    return f"site-{int(record_number(reply.content.config_records['site'], 'site-id'))}"
 
 
 class TrackedFedAvg(SiteTracking, FedAvg):
@@ -102,10 +109,9 @@ def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> d
     }
 
 
-def _strategy(config: dict[str, Any], sites: dict[int, str]) -> SiteTracking:
+def _strategy(config: dict[str, Any], sites: dict[int, str]) -> TrackedFedAvg | TrackedFedProx:
     minimum = int(config["min-sites"])
     options = {
-        "sites": sites,
         "fraction_train": float(config["fraction-train"]),
         "fraction_evaluate": float(config["fraction-evaluate"]),
         "min_train_nodes": minimum,
@@ -113,8 +119,8 @@ def _strategy(config: dict[str, Any], sites: dict[int, str]) -> SiteTracking:
         "min_available_nodes": minimum,
     }
     if config["strategy"] == "fedprox":
-        return TrackedFedProx(proximal_mu=float(config["proximal-mu"]), **options)
-    return TrackedFedAvg(**options)
+        return TrackedFedProx(sites=sites, proximal_mu=float(config["proximal-mu"]), **options)
+    return TrackedFedAvg(sites=sites, **options)
 
 
 def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:

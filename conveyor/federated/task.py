@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar, overload
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conveyor.training.model import TabularClassifier
 
+if TYPE_CHECKING:
+    from flwr.app import ConfigRecord
+
 TARGET = "target"
 MIN_SITE_ROWS = 20
 MAX_DRAWS = 1000
+Classifier = TypeVar("Classifier", bound=TabularClassifier)
 
 
 class SiteData(BaseModel):
@@ -117,6 +122,14 @@ def load_rows(path: str | Path) -> tuple[Tensor, Tensor]:
     return torch.tensor(features), torch.tensor(frame[TARGET].to_numpy(np.int64))
 
 
+@overload
+def build_model(num_features: int, spec: ModelSpec, seed: int) -> TabularClassifier: ...
+
+
+@overload
+def build_model(num_features: int, spec: ModelSpec, seed: int, kind: type[Classifier]) -> Classifier: ...
+
+
 def build_model(
     num_features: int, spec: ModelSpec, seed: int, kind: type[TabularClassifier] = TabularClassifier
 ) -> TabularClassifier:
@@ -141,6 +154,16 @@ class ProximalClassifier(TabularClassifier):
             drift = sum((p - g).pow(2).sum() for p, g in zip(self.parameters(), self.received, strict=True))
             loss = loss + self.proximal_mu / 2 * drift
         return loss
+
+
+def record_number(record: ConfigRecord, key: str, default: float | None = None) -> int | float:
+    """The number under `key` in a Flower record (`default` when absent); TypeError for text, bytes, lists."""
+    if default is not None and key not in record:
+        return default
+    value = record[key]
+    if not isinstance(value, int | float):
+        raise TypeError(f"record entry {key!r} is a {type(value).__name__}, not a number")
+    return value
 
 
 def feature_moments(features: Tensor) -> dict[str, list[float]]:

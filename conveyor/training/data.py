@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pandas as pd
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from conveyor.training.model import frame_to_dataset
 
@@ -50,13 +50,18 @@ class TabularDataModule(L.LightningDataModule):
         if self.splits:
             return
         hp = self.hparams
-        frame = pd.read_csv(hp.csv_path)
-        train, val, test = split_frame(frame, hp.target, hp.seed, hp.val_fraction, hp.test_fraction)
+        frame = pd.read_csv(hp["csv_path"])
+        train, val, test = split_frame(
+            frame, hp["target"], hp["seed"], hp["val_fraction"], hp["test_fraction"]
+        )
         self.splits = {"train": train, "val": val, "test": test}
 
+    def dataset(self, split: str) -> TensorDataset:
+        """The rows of `split` ("train", "val" or "test") as tensors; call `setup` first."""
+        return frame_to_dataset(self.splits[split], self.hparams["target"], self.hparams["features"])
+
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        dataset = frame_to_dataset(self.splits[split], self.hparams.target, self.hparams.features)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle)
+        return DataLoader(self.dataset(split), batch_size=self.hparams["batch_size"], shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

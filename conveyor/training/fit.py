@@ -12,8 +12,9 @@ import json
 import math
 import time
 from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -25,6 +26,7 @@ from conveyor.training.data import TabularDataModule
 from conveyor.training.model import TabularClassifier
 
 LAST_CHECKPOINT_ARTIFACT = "last/last.ckpt"
+Precision = Literal["32-true", "16-mixed", "bf16-mixed", "64-true"]
 
 
 class ModelConfig(BaseModel):
@@ -49,7 +51,7 @@ class FitConfig(BaseModel):
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: Precision = "32-true"
     epochs: int = 10
     batch_size: int = 64
     patience: int = 5
@@ -79,7 +81,7 @@ class _RunLogger(MLFlowLogger):
     """
 
     @rank_zero_only
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics(metrics, int(metrics["epoch"]) if "epoch" in metrics else step)
 
     @rank_zero_only
@@ -103,7 +105,7 @@ def fit(config: FitConfig) -> FitOutcome | None:
     )
     data.setup()
     model = TabularClassifier(len(config.features), config.num_classes, **config.model.model_dump())
-    train_features = data.train_dataloader().dataset.tensors[0]
+    train_features = data.dataset("train").tensors[0]
     model.set_standardization(train_features)
     checkpoint = ModelCheckpoint(dirpath=config.checkpoint_dir, monitor="val_loss", save_last=True)
     trainer = L.Trainer(

@@ -29,6 +29,9 @@ class TabularClassifier(L.LightningModule):
         optimizer: "adamw" or "sgd".
     """
 
+    feature_mean: Tensor  # buffers registered in __init__
+    feature_std: Tensor
+
     def __init__(
         self,
         num_features: int,
@@ -83,13 +86,10 @@ class TabularClassifier(L.LightningModule):
         return self._common_step(batch, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(
-                self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-            )
-        return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        hp = self.hparams
+        if hp["optimizer"] == "sgd":
+            return torch.optim.SGD(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        return torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
 
 
 def feature_array(frame: pd.DataFrame, features: list[str]) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -29,7 +30,7 @@ def redact(text: str) -> str:
 
 
 def error_response(
-    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any
+    request: Request, status: int, detail: Any, headers: Mapping[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body: dict[str, Any] = {"detail": detail, "request_id": request.state.request_id, **extra}
     if request.url.path.startswith("/v1/"):  # what OpenAI clients read

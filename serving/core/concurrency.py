@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,7 +28,9 @@ async def call_blocking(fn: Callable[..., T], *args: Any, timeout: float) -> T:
         raise GenerationTimeout(f"no answer within {timeout:g} s") from None
 
 
-async def iterate_blocking(make_iterator: Callable[[], Iterator[T]], timeout: float) -> AsyncIterator[T]:
+async def iterate_blocking(
+    make_iterator: Callable[[], Iterator[T]], timeout: float
+) -> AsyncGenerator[T, None]:
     """Items of a blocking iterator, produced in its own thread; waits longer than `timeout` s raise.
 
     When the consumer stops early (client gone, error), the producer stops after its current item

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
-from sqlalchemy import Engine, case, delete, select, text
+from sqlalchemy import Engine, Table, case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,7 +31,10 @@ class SQLStorage(Storage):
     database count exactly together. Windows use each process's clock: keep replica clocks in sync (NTP).
     """
 
-    _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+    _INSERTS: dict[str, Callable[[Table], sqlite.Insert | postgresql.Insert]] = {
+        "sqlite": sqlite.insert,
+        "postgresql": postgresql.insert,
+    }
 
     def __init__(self, engine: Engine, wrap_exceptions: bool = False) -> None:
         super().__init__(wrap_exceptions=wrap_exceptions)
@@ -65,7 +69,7 @@ class SQLStorage(Storage):
             .returning(table.c.hits)
         )
         with self.engine.begin() as connection:
-            hits = connection.execute(upsert).scalar_one()
+            hits: int = connection.execute(upsert).scalar_one()
         if now - self._purged_at > PURGE_EVERY_S:
             self._purged_at = now
             with self.engine.begin() as connection:
@@ -105,9 +109,13 @@ def open_storage(settings: Settings, engine: Engine) -> Storage:
     url = settings.rate_limit_storage_url
     if not url:
         return SQLStorage(engine, wrap_exceptions=True)
+    where = url.split("@")[-1]  # no credentials in the messages
     storage = storage_from_string(url, wrap_exceptions=True)
+    if not isinstance(storage, Storage):
+        raise ConfigurationError(
+            f"CONVEYOR_RATE_LIMIT_STORAGE_URL: {where} names an async storage; drop `async+`"
+        )
     if not storage.check():
-        where = url.split("@")[-1]  # no credentials in the message
         raise ConfigurationError(f"CONVEYOR_RATE_LIMIT_STORAGE_URL: {where} does not answer")
     return storage
 

@@ -23,8 +23,8 @@ from serving.db import Conversation, User
 
 router = APIRouter(tags=["chat"])
 log = logging.getLogger(__name__)
-EVENT_STREAM = {"description": "server-sent events", "content": {"text/event-stream": {}}}
-LLM_ERRORS = {
+EVENT_STREAM: dict[str, Any] = {"description": "server-sent events", "content": {"text/event-stream": {}}}
+LLM_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {
         "description": "the LLM is down or busy past the timeout (with the agent and any sources it found)"
     },

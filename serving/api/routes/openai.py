@@ -132,12 +132,12 @@ def _chunk(completion_id: str, model: str, delta: dict, finish_reason: str | Non
 async def chat_completions(body: CompletionRequest, _: CurrentUser, settings: SettingsDep):
     """Generate a chat completion (`stream: true` sends `chat.completion.chunk` events, then `[DONE]`)."""
     messages = _llm_messages(body, settings.llm_model)
-    options = {
-        "max_tokens": body.token_budget,
-        "temperature": 0.2 if body.temperature is None else body.temperature,
-    }
+    temperature = 0.2 if body.temperature is None else body.temperature
     completion_id = f"chatcmpl-{uuid4().hex}"
-    tokens = iterate_blocking(lambda: get_llm().stream(messages, **options), settings.llm_timeout_s)
+    tokens = iterate_blocking(
+        lambda: get_llm().stream(messages, max_tokens=body.token_budget, temperature=temperature),
+        settings.llm_timeout_s,
+    )
     try:
         first = await anext(tokens, None)  # a model that is down, silent or overfed fails the request here
     except ValueError as exc:  # llama.cpp: the prompt does not fit the context window
