@@ -95,13 +95,26 @@ def parse_json(text: str, schema: type[T]) -> T:
         raise StructuredOutputError(f"model output is not a valid {schema.__name__}: {exc}") from None
 
 
-_waiting = 0
-_waiting_lock = threading.Lock()
+_queued = 0
+_queued_lock = threading.Lock()
 
 
 def queue_depth() -> int:
-    """Requests waiting for the serialized in-process model."""
-    return _waiting
+    """LLM calls of this process waiting for the in-process model, or in flight to the LLM service (the
+    `conveyor_llm_queue_depth` gauge the autoscalers read)."""
+    return _queued
+
+
+@contextmanager
+def _counted() -> Iterator[None]:
+    global _queued
+    with _queued_lock:
+        _queued += 1
+    try:
+        yield
+    finally:
+        with _queued_lock:
+            _queued -= 1
 
 
 class EmbeddedLLM:
@@ -127,15 +140,9 @@ class EmbeddedLLM:
     @contextmanager
     def _turn(self) -> Iterator[float]:
         """Hold the model; yields the deadline. Waiting past the timeout raises LLMUnavailable."""
-        global _waiting
-        with _waiting_lock:
-            _waiting += 1
-        try:
+        with _counted():
             timeout = get_settings().llm_timeout_s  # read per call: settings may change while the model stays
             acquired = self._lock.acquire(timeout=timeout)
-        finally:
-            with _waiting_lock:
-                _waiting -= 1
         if not acquired:
             raise LLMUnavailable(f"the embedded model stayed busy for {timeout:g} s")
         try:
@@ -206,7 +213,8 @@ class OpenAICompatibleLLM:
     @contextmanager
     def _calls(self) -> Iterator[None]:
         try:
-            yield
+            with _counted():
+                yield
         except self._errors as exc:
             raise LLMUnavailable(
                 f"LLM endpoint {self._client.base_url} failed: {type(exc).__name__}"

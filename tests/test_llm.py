@@ -151,7 +151,10 @@ class TestOpenAICompatible:
                     time.sleep(0.2)
             backend = openai_backend(f"{base}/v1")
             assert backend.complete(SHORT, max_tokens=4).strip()
-            assert "".join(backend.stream(SHORT, max_tokens=6)).strip()
+            chunks = backend.stream(SHORT, max_tokens=6)
+            first = next(chunks)
+            assert llm.queue_depth() == 1  # in flight to the service: the gauge the autoscaler reads
+            assert (first + "".join(chunks)).strip() and llm.queue_depth() == 0
             verdict = backend.structured(JUDGE, Verdict, max_tokens=40)
             assert isinstance(verdict, Verdict)
         finally:
