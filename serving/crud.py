@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from serving.core.security import hash_password, verify_password
@@ -70,7 +71,11 @@ def ensure_first_admin(session: Session, username: str, password: str | None) ->
     """Create the first admin when the user table is empty; None when users exist or no password is set."""
     if session.scalar(select(User.id).limit(1)) is not None or password is None:
         return None
-    return create_user(session, username, password, is_admin=True)
+    try:
+        return create_user(session, username, password, is_admin=True)
+    except (IntegrityError, AccountError):  # another replica created it between the check and the insert
+        session.rollback()
+        return None
 
 
 def open_conversation(

@@ -7,7 +7,9 @@ from typing import ClassVar
 from uuid import uuid4
 
 from sqlalchemy import JSON, Engine, ForeignKey, String, Table, Text, create_engine, event
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 
 def _now() -> datetime:
@@ -84,7 +86,16 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.close()
 
-    Base.metadata.create_all(engine)
+    # Replicas starting together on an empty database race to create the tables: the loser's CREATE fails
+    # because the table now exists, and its retry finds every table in place.
+    for attempt in Retrying(
+        retry=retry_if_exception_type(DatabaseError),
+        stop=stop_after_attempt(3),
+        wait=wait_fixed(0.5),
+        reraise=True,
+    ):
+        with attempt:
+            Base.metadata.create_all(engine)
     return engine
 
 
