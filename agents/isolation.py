@@ -133,14 +133,12 @@ def bwrap_command(scratch: Path, child: Path, extra: list[str] | None = None) ->
     for link in ("bin", "lib", "lib64", "sbin"):
         if os.path.islink(f"/{link}"):
             argv += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+    # /dev and /tmp first: a venv that lives under /tmp is then bound on top of the private /tmp, not hidden
+    argv += ["--dev", "/dev", "--tmpfs", "/tmp"]
     for root in interpreter_roots():
         argv += ["--ro-bind", root, root]
     fd = _seccomp_fd()
     argv += [
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
         "--bind",
         str(scratch),
         SCRATCH,

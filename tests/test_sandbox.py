@@ -342,6 +342,36 @@ class TestLimits:
         assert not out.ok and out.limit == "output"
 
 
+class TestWhereTheInterpreterLives:
+    def test_a_venv_under_tmp_is_visible_inside(self, tmp_path):
+        """A clone (and its .venv) under /tmp: the sandbox's private /tmp must not hide the interpreter."""
+        import site
+        import sysconfig
+        import venv
+
+        assert str(tmp_path).startswith("/tmp/")
+        venv.create(tmp_path / "venv", with_pip=False)
+        packages = Path(sysconfig.get_paths(vars={"base": str(tmp_path / "venv")})["purelib"])
+        (packages / "outer.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+        done = subprocess.run(
+            [
+                str(tmp_path / "venv" / "bin" / "python"),
+                "-c",
+                "import sys; from agents.sandbox import run_code\n"
+                "out = run_code('import sys\\nresult = sys.prefix', preload=())\n"
+                "print(out.isolation, out.result, out.error)",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert done.stdout.split() == ["bubblewrap", str(tmp_path / "venv"), "None"], (
+            done.stdout + done.stderr
+        )
+
+
 class TestFailClosed:
     def test_no_bubblewrap_means_no_code_runs(self, monkeypatch, tmp_path):
         monkeypatch.setenv("PATH", str(tmp_path))
