@@ -424,18 +424,22 @@ class TestFailClosed:
         assert "SANDBOX ISOLATION IS OFF" in caplog.text
 
 
-def _readable_interpreter_mounts() -> str:
-    """Shell lines (for a private mount namespace) that make this interpreter reachable by other users:
-    a folder on the way to it that others cannot enter (e.g. /root) is covered by a tmpfs holding only it."""
-    base = Path(os.path.realpath(sys.base_prefix))
-    blocked = next((p for p in reversed(base.parents) if not os.stat(p).st_mode & 0o001), None)
-    if blocked is None:
-        return ""
-    hold = Path("/run/conveyor-test-python")
-    return (
-        f"mkdir -p {hold} && mount --bind {base} {hold} && mount -t tmpfs -o mode=755 tmpfs {blocked} && "
-        f"mkdir -p {base} && mount --bind {hold} {base} && "
+def _readable_mounts(paths: list[Path]) -> str:
+    """Shell lines (for a private mount namespace) that make `paths` (interpreter, venv, checkout) reachable
+    by other users: a folder on the way that others cannot enter (e.g. /root) is covered by a tmpfs that
+    holds only those paths, bound back in place."""
+    paths = [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
+    moves = []
+    for path in paths:
+        blocked = next((a for a in reversed(path.parents) if not os.stat(a).st_mode & 0o001), None)
+        if blocked is not None:
+            moves.append((path, blocked, Path(f"/run/conveyor-test-hold/{len(moves)}")))
+    hold = " && ".join(f"mkdir -p {h} && mount --bind {p} {h}" for p, _, h in moves)
+    cover = " && ".join(
+        f"mount -t tmpfs -o mode=755 tmpfs {b}" for b in dict.fromkeys(b for _, b, _ in moves)
     )
+    back = " && ".join(f"mkdir -p {p} && mount --bind {h} {p}" for p, _, h in moves)
+    return "".join(f"{step} && " for step in (hold, cover, back) if step)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="this run is already non-root: the battery above ran as it")
@@ -450,8 +454,8 @@ class TestAsNonRootUser:
         os.chown(home, 10001, 10001)
         tmp_path.chmod(0o755)
         command = (
-            _readable_interpreter_mounts()
-            + "exec setpriv --reuid 10001 --regid 10001 --clear-groups --inh-caps=-all "
+            _readable_mounts([Path(os.path.realpath(p)) for p in (sys.base_prefix, sys.prefix, REPO)])
+            + f"cd {REPO} && exec setpriv --reuid 10001 --regid 10001 --clear-groups --inh-caps=-all "
             f"env -i PATH=/usr/bin:/bin HOME={home} TMPDIR={home} CONVEYOR_SANDBOX_NESTED=1 "
             f"PYTHONDONTWRITEBYTECODE=1 {sys.executable} -m pytest -p no:cacheprovider -q "
             f"-k 'not TestAsNonRootUser' tests/test_sandbox.py"
