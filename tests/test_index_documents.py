@@ -210,7 +210,7 @@ class TestSafety:
         ids = [r["chunk_id"] for r in _rows("shared")]
         assert len(ids) == len(set(ids))
 
-        monkeypatch.setattr(settings, "index_lock_timeout_s", 0.0)
+        monkeypatch.setattr(get_settings(), "index_lock_timeout_s", 0.0)  # the current settings object
         with knowledge.domain_lock("shared", timeout_s=0), pytest.raises(knowledge.DomainBusyError):
             index_documents(domain="shared", source=str(source))
         # the domain's Prefect limit (one slot) held elsewhere refuses the run just the same
