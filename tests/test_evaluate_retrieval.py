@@ -58,6 +58,8 @@ def test_not_a_beir_directory(tmp_path: Path):
 @pytest.fixture
 def retrieval_tasks_of_3_queries(monkeypatch):
     monkeypatch.setenv("CONVEYOR_EVALUATION_TASK_QUERIES", "3")
+    # fresh worker processes open the tables cold: the comparison is about results, not the gateway's timeout
+    monkeypatch.setenv("CONVEYOR_GATEWAY_DOMAIN_TIMEOUT_S", "120")
     reset_settings()
     yield
     monkeypatch.undo()
