@@ -32,7 +32,7 @@ system-deps:
 	  else echo "missing Debian packages (install them as root): $$missing"; fi; fi
 
 run: install
-	$(BIN)/python -m flows.platform
+	$(BIN)/python -m flows.end_to_end
 
 # The lint gate, the suite, then (as root, unless CONTAINERS=0) the images built and run for real.
 test: install system-deps lint

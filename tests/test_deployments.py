@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ FLOWS = {
     "train-model": "flows/train_model.py:train_model",
     "train-tabular": "flows/train_tabular.py:train_tabular",
     "federated-training": "flows/federated_training.py:federated_training",
-    "platform": "flows/platform.py:platform",
+    "platform": "flows/end_to_end.py:platform",
 }
 SECRET_KEY = re.compile(r"secret|password|token|api[_-]?key|credential", re.IGNORECASE)
 
@@ -75,6 +76,18 @@ class TestDeploymentsCoverTheFlows:
     @pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=ids)
     def test_parameters_are_enforced(self, deployment: dict[str, Any]):
         assert deployment["enforce_parameter_schema"] is True
+
+    def test_entrypoint_folders_shadow_no_standard_module(self):
+        """Prefect puts an entrypoint's folder on `sys.path`: a `flows/platform.py` there made `import platform`
+        in spawned processes (Dask workers) load the flow instead of the standard library, and they died."""
+        folders = {(REPO / d["entrypoint"].split(":")[0]).parent for d in DEPLOYMENTS}
+        shadowing = [
+            str(path.relative_to(REPO))
+            for folder in folders
+            for path in folder.glob("*.py")
+            if path.stem in sys.stdlib_module_names
+        ]
+        assert shadowing == []
 
 
 class TestWorkPools:

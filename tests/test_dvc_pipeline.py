@@ -77,7 +77,7 @@ def pipeline_inputs() -> set[str]:
 
 PLATFORM_RUN = """
 import json
-from flows.platform import PlatformOptions, platform
+from flows.end_to_end import PlatformOptions, platform
 state = platform(PlatformOptions(agent_task=None), return_state=True)
 print(json.dumps({"id": str(state.state_details.flow_run_id), "summary": state.result().model_dump()}))
 """

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent  # not `from conftest import`: a s
 
 def run_platform(cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flows.platform"],
+        [sys.executable, "-m", "flows.end_to_end"],
         cwd=cwd,
         env=os.environ | env,
         capture_output=True,
