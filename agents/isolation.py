@@ -103,6 +103,19 @@ def interpreter_roots() -> list[str]:
     return sorted(roots)
 
 
+@functools.cache
+def can_disable_user_namespaces() -> bool:
+    """`bwrap --disable-userns` writes the sandbox's own `/proc/sys/user/max_user_namespaces`, which container
+    runtimes mount read-only; there the seccomp filter (no unshare, setns or new processes) is what stops
+    nested user namespaces."""
+    import psutil
+
+    return not any(
+        part.mountpoint == "/proc/sys" and "ro" in part.opts.split(",")
+        for part in psutil.disk_partitions(all=True)
+    )
+
+
 def bwrap_command(scratch: Path, child: Path, extra: list[str] | None = None) -> tuple[list[str], int]:
     """The bwrap argv (ending with the child interpreter) and the seccomp fd to pass to it."""
     bwrap = shutil.which("bwrap") or "bwrap"
@@ -114,7 +127,7 @@ def bwrap_command(scratch: Path, child: Path, extra: list[str] | None = None) ->
         "--unshare-ipc",
         "--unshare-uts",
         "--unshare-cgroup-try",
-        "--disable-userns",
+        *(["--disable-userns"] if can_disable_user_namespaces() else []),
         "--uid",
         str(SANDBOX_UID),
         "--gid",

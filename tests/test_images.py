@@ -213,11 +213,6 @@ class TestImagesRun:
         checks = {name: body["checks"][name] for name in ("database", "tracking", "knowledge", "llm")}
         assert checks == dict.fromkeys(checks, "ok"), body
 
-    @pytest.mark.xfail(
-        reason="open defect (issue 13): under Debian docker.io 20.10 the sandbox was refused inside the API "
-        "container even with seccomp/apparmor unconfined; cause not yet found",
-        strict=False,
-    )
     def test_the_sandbox_isolates_model_code_in_the_api_container(self, api):
         """With the compose file's security options, code runs under bubblewrap as uid 10001's sandbox:
         the API on 127.0.0.1:8000 inside the same container is out of its reach."""

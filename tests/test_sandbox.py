@@ -4,6 +4,7 @@ The whole module also runs as a non-root user (TestAsNonRootUser), since the API
 """
 
 import base64
+import json
 import os
 import shutil
 import socket
@@ -410,6 +411,34 @@ class TestFailClosed:
         )
         assert "REFUSED" in done.stdout and "CONVEYOR_SANDBOX_ISOLATION=process" in done.stdout, done.stderr
         assert not marker.exists()
+
+    def test_a_read_only_proc_sys_as_in_containers_still_isolates(self):
+        """Docker and Kubernetes mount /proc/sys read-only, where `bwrap --disable-userns` cannot work: the
+        sandbox runs without it, and the seccomp filter still refuses nested user namespaces."""
+        script = (
+            "import json\nfrom agents import isolation\nfrom agents.sandbox import run_code\n"
+            "out = run_code('import ctypes, errno\\nlibc = ctypes.CDLL(None, use_errno=True)\\n"
+            "result = [libc.unshare(0x10000000), errno.errorcode[ctypes.get_errno()]]', preload=())\n"
+            "print(json.dumps([isolation.can_disable_user_namespaces(), out.isolation, out.result, out.error]))\n"
+        )
+        done = subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'mount --bind -o ro /proc/sys /proc/sys && exec {sys.executable} -c "$0"',
+                script,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.splitlines()[-1]) == [False, "bubblewrap", [-1, "EPERM"], None]
 
     def test_the_weaker_mode_is_explicit_and_loud(self, settings, monkeypatch, caplog):
         from conveyor.settings import reset_settings
