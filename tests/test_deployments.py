@@ -113,6 +113,13 @@ class TestWorkPools:
             step = deployment["pull"][0]["prefect.deployments.steps.set_working_directory"]
             assert step["directory"] == "/opt/conveyor"
 
+    def test_docker_flow_runs_can_sandbox_model_code(self):
+        """Flow-run containers get the security options the compose API has, which bubblewrap needs."""
+        compose = yaml.safe_load((REPO / "deployments" / "compose" / "compose.yaml").read_text())
+        variables = workpools.template("docker")["variables"]["properties"]
+        default = variables["container_create_kwargs"]["default"]
+        assert default == {"security_opt": compose["services"]["api"]["security_opt"]}
+
     def test_unknown_pool_is_a_clear_error(self):
         from conveyor.settings import ConfigurationError
 
