@@ -1,4 +1,4 @@
-"""What every agent shares: a typed request, a typed result, and its entry in the registry."""
+"""What every agent shares: a typed request, a typed result, and its entry in the agent catalogue."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from agents import memory
 from agents.base import AgentResult
+from agents.catalog import get_agent
 from agents.llm import LLMUnavailable
-from agents.registry import get_agent
 from agents.router import route
 
 log = logging.getLogger(__name__)

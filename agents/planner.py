@@ -9,9 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from agents import memory
+from agents.catalog import AGENTS, agent_name_type
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
-from agents.registry import AGENTS, agent_name_type
 
 STEP_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 MAX_STEPS = 8
@@ -125,8 +125,9 @@ def _plan_schema() -> type[StepList]:
     return create_model("StepList", __base__=StepList, steps=(list[step], Field(min_length=1, max_length=5)))
 
 
-EXAMPLE_TASK = "Analyze orders.csv, write code that plots orders per month, and summarize the findings"
-EXAMPLE_STEPS = [
+# The worked example the prompt shows the model when memory holds no similar past plan.
+PROMPT_EXAMPLE_TASK = "Analyze orders.csv, write code that plots orders per month, and summarize the findings"
+PROMPT_EXAMPLE_STEPS = [
     {
         "id": "analyze",
         "agent": "data",
@@ -153,7 +154,9 @@ def plan_prompt(task: str) -> list[dict]:
     catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
     past = memory.similar(task, "planner", k=1)
     example_task, example_steps = (
-        (past[0]["task"], json.loads(past[0]["plan"])["steps"]) if past else (EXAMPLE_TASK, EXAMPLE_STEPS)
+        (past[0]["task"], json.loads(past[0]["plan"])["steps"])
+        if past
+        else (PROMPT_EXAMPLE_TASK, PROMPT_EXAMPLE_STEPS)
     )
     return [
         {

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, create_model
 
+from agents.catalog import AGENTS, agent_name_type
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
-from agents.registry import AGENTS, agent_name_type
 
 DEFAULT_AGENT = "research"
 KEYWORDS = {

@@ -8,7 +8,6 @@ import sys
 import time
 
 import bench
-import conveyor  # noqa: F401  (offline/telemetry switches)
 
 
 def main(selected: list[str]) -> None:

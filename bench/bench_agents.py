@@ -11,7 +11,6 @@ import statistics
 import time
 from pathlib import Path
 
-import conveyor  # noqa: F401  (offline/telemetry switches first)
 from agents import router
 from agents.llm import get_llm
 

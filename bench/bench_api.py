@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 
-import conveyor  # noqa: F401  (offline/telemetry switches)
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings
 from serving.testing import ProcessServer, login, sse_events
 

@@ -12,7 +12,6 @@ import statistics
 import sys
 import time
 
-import conveyor  # noqa: F401  (offline/telemetry switches first)
 from flows.federated_training import FederatedParams, federated_training
 
 

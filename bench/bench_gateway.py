@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-import conveyor  # noqa: F401  (offline switches before the heavy imports)
 from conveyor import corpus, gateway, knowledge
 from conveyor.loaders import Document
 from conveyor.settings import get_settings, reset_settings

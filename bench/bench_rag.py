@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
-import conveyor  # noqa: F401  (offline switches before the heavy imports)
 from conveyor import beir, corpus, gateway, knowledge, retrieval
 from conveyor.embeddings import embed, get_encoder
 from conveyor.loaders import Document, iter_source

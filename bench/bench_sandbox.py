@@ -13,7 +13,6 @@ import os
 import statistics
 import time
 
-import conveyor  # noqa: F401  (offline/telemetry switches first)
 from agents.sandbox import run_code
 from conveyor.settings import reset_settings
 

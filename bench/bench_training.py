@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import conveyor  # noqa: F401  (offline/telemetry switches)
 from conveyor import tracking
 from conveyor.settings import reset_settings
 

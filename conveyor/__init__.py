@@ -1,5 +1,4 @@
-"""Conveyor core: settings, runtime environment and the doors to external stores."""
+"""Conveyor core: settings, runtime environment and the doors to external stores.
 
-from conveyor import runtime
-
-runtime.configure()
+Importing it changes nothing in the process; entry points call `conveyor.runtime.configure()`.
+"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from conveyor import runtime
 from conveyor.settings import ConfigurationError, get_settings
 
 
@@ -31,6 +32,7 @@ def _down(_: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    runtime.configure()  # before a command imports prefect or mlflow
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="validate settings and reach the stores").set_defaults(handler=_check)

@@ -9,6 +9,7 @@ through its file system API, never as scraped text.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from conveyor import runtime
 from conveyor.settings import ConfigurationError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,8 +84,15 @@ def reproduce(stage: str, repo: Path = REPO) -> bool:
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    """DVC's CLI in the repository (its Python API resolves paths from the working directory)."""
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
+    """DVC's CLI in the repository (its Python API resolves paths from the working directory); the stages'
+    commands (`python ...`) run this environment's Python."""
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        env=runtime.with_tools(os.environ),
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise ConfigurationError(f"`dvc {' '.join(args)}` in {repo} failed: {done.stderr.strip()[-800:]}")
     return done.stdout

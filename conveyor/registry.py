@@ -35,6 +35,10 @@ class ModelNotFound(LookupError):
     """The registered model, or its `@champion`, does not exist."""
 
 
+class SignatureMismatch(ValueError):
+    """Inputs that do not fit the model's signature."""
+
+
 class PromotionError(RuntimeError):
     """The current champion could not be evaluated, so nothing was promoted."""
 
@@ -78,8 +82,7 @@ def load_champion(name: str) -> tuple[str, PyFuncModel]:
     version = champion_version(name)
     if version is None:
         raise ModelNotFound(f"model {name!r} has no @{CHAMPION} version in the registry")
-    tracking.client()  # configures the tracking URI for mlflow.pyfunc
-    return version, mlflow.pyfunc.load_model(version_uri(name, version))
+    return version, tracking.load_model(version_uri(name, version))
 
 
 def register_and_promote(
@@ -206,9 +209,17 @@ def model_input(model: PyFuncModel, frame: pd.DataFrame) -> pd.DataFrame | np.nd
 
 
 def predict_rows(model: PyFuncModel, inputs: list) -> list:
-    """Predictions for JSON-like `inputs` (rows of numbers, or records with column names) as a list."""
+    """Predictions for JSON-like `inputs` (rows of numbers, or records with column names) as a list.
+
+    Raises:
+        SignatureMismatch: MLflow's schema enforcement refused the inputs.
+    """
     schema = model.metadata.get_input_schema()
     names = schema.input_names() if schema is not None and schema.has_input_names() else None
     is_rows = bool(inputs) and not isinstance(inputs[0], dict)
     frame = pd.DataFrame(inputs, columns=names if is_rows and names else None)
-    return np.asarray(model.predict(model_input(model, frame))).tolist()
+    try:
+        predictions = model.predict(model_input(model, frame))
+    except MlflowException as exc:
+        raise SignatureMismatch(exc.message) from exc
+    return np.asarray(predictions).tolist()

@@ -1,4 +1,8 @@
-"""Process environment: offline model loading, telemetry off, thread counts. Call before heavy imports."""
+"""Process environment: offline model loading, telemetry off, thread counts, this environment's tools.
+
+`configure()` is for process entry points (the CLI, the API app, `flows`, `bench`, DVC stages, the tests),
+called before prefect, transformers or huggingface_hub are imported: they read these variables on import.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,12 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+
+from conveyor.settings import ConfigurationError, get_settings
+
+SCRIPTS = Path(sys.executable).parent  # this environment's console scripts: dvc, flwr, flower-superlink, ...
 
 OFFLINE_AND_QUIET = {
     "HF_HUB_OFFLINE": "1",
@@ -29,21 +38,26 @@ OFFLINE_AND_QUIET = {
 
 
 def configure() -> None:
-    """Set offline/telemetry switches and Prefect's home/API (never overriding the caller's); quiet noise."""
+    """Offline/telemetry switches, and Prefect's home and API from the settings; a set variable wins."""
     for name, value in OFFLINE_AND_QUIET.items():
         os.environ.setdefault(name, value)
-    # Child processes (DVC stages, Flower, torchrun) run this environment's `python` and tools.
-    scripts = str(Path(sys.executable).parent)
-    if os.environ.get("PATH", "").split(os.pathsep)[0] != scripts:
-        os.environ["PATH"] = f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}"
-    home = Path(os.environ.get("CONVEYOR_HOME", ".conveyor")).resolve()
-    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("CONVEYOR_PREFECT_API_URL"):
-        os.environ.setdefault("PREFECT_API_URL", os.environ["CONVEYOR_PREFECT_API_URL"])
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Where setuptools is installed (the images' venvs), importing its deprecated pkg_resources warns.
     warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's migrations log every step at INFO
+    try:
+        settings = get_settings()
+    except ConfigurationError:
+        return  # the entry point's own get_settings() reports the bad setting
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    if settings.prefect_api_url:
+        os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+
+
+def with_tools(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this environment's scripts first on PATH, for a child that starts them by name
+    (DVC stage commands' `python`, the SuperLink's `flower-superexec`)."""
+    return {**env, "PATH": f"{SCRIPTS}{os.pathsep}{env.get('PATH', '')}"}
 
 
 def limit_torch_threads(threads: int) -> None:

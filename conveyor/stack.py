@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,17 @@ from pathlib import Path
 
 import httpx
 import psutil
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_result,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
+from conveyor import runtime
 from conveyor.settings import ConfigurationError, Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +51,7 @@ def prefect_api_url(settings: Settings) -> str:
 
 
 def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
+    return str(runtime.SCRIPTS / name)
 
 
 def _worker_heartbeat_since(response: httpx.Response, since: datetime) -> bool:
@@ -162,16 +171,24 @@ def child_environment(settings: Settings) -> dict[str, str]:
 
 def _wait_healthy(service: Service, process: subprocess.Popen, log: Path) -> float:
     started, since = time.monotonic(), datetime.now(UTC) - timedelta(seconds=1)
-    while time.monotonic() - started < service.ready_timeout_s:
+
+    def healthy() -> bool:
         if process.poll() is not None:
             raise ConfigurationError(f"{service.name} exited with code {process.returncode}; see {log}")
-        try:
-            if service.is_ready(_probe(service.health_url), since):
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ConfigurationError(f"{service.name} not healthy after {service.ready_timeout_s:.0f} s; see {log}")
+        return service.is_ready(_probe(service.health_url), since)
+
+    polling = Retrying(
+        retry=retry_if_not_result(bool) | retry_if_exception_type(httpx.HTTPError),
+        stop=stop_after_delay(service.ready_timeout_s),
+        wait=wait_fixed(0.5),
+    )
+    try:
+        polling(healthy)
+    except RetryError:
+        raise ConfigurationError(
+            f"{service.name} not healthy after {service.ready_timeout_s:.0f} s; see {log}"
+        ) from None
+    return time.monotonic() - started
 
 
 def _probe(url: str) -> httpx.Response:
@@ -234,10 +251,12 @@ def _stop(name: str, settings: Settings) -> bool:
     if pid:
         # Each service leads its own session: signal its group so child processes stop with it.
         os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while start_time(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if start_time(pid):
+        until_gone = Retrying(
+            retry=retry_if_result(bool), stop=stop_after_delay(STOP_GRACE_S), wait=wait_fixed(0.2)
+        )
+        try:
+            until_gone(start_time, pid)
+        except RetryError:  # still alive after the grace period
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return pid is not None

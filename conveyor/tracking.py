@@ -1,17 +1,30 @@
-"""The one door to MLflow: tracking URI, experiments, runs tagged with their Prefect and git provenance."""
+"""The one door to MLflow: tracking URI, experiments, runs tagged with their Prefect and git provenance,
+and what the runs record (params, metrics, inputs, artifacts, models)."""
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
 
 from conveyor.settings import ConfigurationError, get_settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from sklearn.base import BaseEstimator
+    from torch import nn
 
 
 def _configured_uri(uri: str) -> str:
@@ -103,3 +116,100 @@ def use_run(run_id: str) -> Iterator[Any]:
     _configured_uri(get_settings().tracking_uri)
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+
+
+def log_run_report(
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    artifacts: Mapping[str, str | Path | dict[str, Any]] | None = None,
+) -> None:
+    """Log to the active run.
+
+    Args:
+        params: run parameters (immutable once logged).
+        metrics: values at step 0.
+        tags: run tags.
+        artifacts: by artifact path: a dict is written there as JSON; a local folder's files are copied
+            under that folder, a local file into it ("" is the run's artifact root).
+    """
+    if params:
+        mlflow.log_params(dict(params))
+    if metrics:
+        mlflow.log_metrics(dict(metrics))
+    if tags:
+        mlflow.set_tags(dict(tags))
+    for artifact_path, item in (artifacts or {}).items():
+        if isinstance(item, dict):
+            mlflow.log_dict(item, artifact_path)
+        elif Path(item).is_dir():
+            mlflow.log_artifacts(str(item), artifact_path=artifact_path or None)
+        else:
+            mlflow.log_artifact(str(item), artifact_path=artifact_path or None)
+
+
+def log_step_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None
+) -> None:
+    """Log `metrics` at `step` of `run_id` in one batch (works from any thread: no active run needed)."""
+    stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    client().log_batch(run_id, metrics=[Metric(key, value, stamp, step) for key, value in metrics.items()])
+
+
+def log_dataset(
+    frame: pd.DataFrame, *, source: str, name: str, target: str, context: str = "training"
+) -> None:
+    """Record `frame` (digest, schema, source) as an input of the active run."""
+    dataset = from_pandas(frame, source=source, name=name, targets=target)
+    mlflow.log_input(dataset, context=context)
+
+
+def log_model(
+    model: BaseEstimator | nn.Module,
+    *,
+    input_example: pd.DataFrame | np.ndarray,
+    metadata: dict[str, Any],
+    pip_requirements: list[str] | None = None,
+    skops_trusted_types: list[str] | None = None,
+) -> str:
+    """Log `model` as the active run's `model` in its flavour (scikit-learn, else PyTorch), its signature
+    inferred from `input_example`; returns the model URI.
+
+    Args:
+        pip_requirements: exact requirements (None: MLflow infers them).
+        skops_trusted_types: for scikit-learn models, types skops may load beyond its defaults.
+    """
+    from sklearn.base import BaseEstimator
+
+    options: dict[str, Any] = {
+        "name": "model",
+        "input_example": input_example,
+        "pip_requirements": pip_requirements,
+        "metadata": metadata,
+    }
+    if isinstance(model, BaseEstimator):
+        info = mlflow.sklearn.log_model(model, skops_trusted_types=skops_trusted_types, **options)
+    else:
+        info = mlflow.pytorch.log_model(model, **options)
+    return info.model_uri
+
+
+def load_model(model_uri: str) -> PyFuncModel:
+    """Load a logged or registered model (`runs:/...`, `models:/...`) as a pyfunc model."""
+    _configured_uri(get_settings().tracking_uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def download_artifact(run_id: str, artifact_path: str, dst_dir: str) -> str:
+    """Download one artifact of `run_id` into `dst_dir`; returns its local path.
+
+    Raises:
+        FileNotFoundError: MLflow could not provide it (no such run or artifact).
+    """
+    _configured_uri(get_settings().tracking_uri)
+    try:
+        return mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=dst_dir
+        )
+    except MlflowException as exc:
+        raise FileNotFoundError(exc.message) from None

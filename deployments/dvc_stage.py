@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from conveyor import pipeline
+from conveyor import pipeline, runtime
 from conveyor.pipeline import PipelineParams
 from conveyor.settings import get_settings, reset_settings
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     data = pipeline.REPO / "data"
     os.environ |= {"CONVEYOR_DATA_DIR": str(data), "CONVEYOR_BENCHMARKS_DIR": str(data / "benchmarks")}
     reset_settings()  # before the first get_settings()
+    runtime.configure()  # before the stage imports its flow (and prefect)
     run = STAGES[args.stage]
     result = run(args.trained) if run is register else run(pipeline.load_params())
     args.metrics.parent.mkdir(parents=True, exist_ok=True)

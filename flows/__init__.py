@@ -1,3 +1,9 @@
-"""Prefect flows: thin wiring of tasks into pipelines (each module is one flow)."""
+"""Prefect flows: thin wiring of tasks into pipelines (each module is one flow).
 
-import conveyor  # noqa: F401  (offline/telemetry switches and PREFECT_HOME before prefect loads)
+The orchestration entry package (`python -m flows.<name>`, the platform flow, the benchmarks' flows):
+importing it applies the process switches before prefect loads.
+"""
+
+from conveyor import runtime
+
+runtime.configure()

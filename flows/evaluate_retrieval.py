@@ -11,7 +11,6 @@ import json
 import re
 from pathlib import Path
 
-import mlflow
 from prefect import flow, unmapped
 from prefect.artifacts import create_table_artifact
 
@@ -63,17 +62,17 @@ def publish(folder: Path, result: dict, run_path: str) -> None:
         description=f"evaluate-retrieval on {folder}",
     )
     with tracking.start_run(EXPERIMENT, run_name=folder.name, tags={"collection": str(folder)}):
-        mlflow.log_params(
-            {
+        tracking.log_run_report(
+            params={
                 "collection": str(folder),
                 "embedding_model": settings.embedding_model,
                 "chunk_tokens": settings.chunk_tokens,
                 "chunk_overlap_tokens": settings.chunk_overlap_tokens,
                 "fusion": settings.retrieval_fusion,
-            }
+            },
+            metrics={name.replace("@", "_at_"): result[name] for name in [*MEASURES, "n_queries"]},
+            artifacts={"": run_path},
         )
-        mlflow.log_metrics({name.replace("@", "_at_"): result[name] for name in [*MEASURES, "n_queries"]})
-        mlflow.log_artifact(run_path)
 
 
 def main(argv: list[str] | None = None) -> dict:

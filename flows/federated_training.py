@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-import mlflow
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 
 from conveyor import tracking
 from conveyor.federated.launcher import LocalFederation
-from conveyor.federated.task import ModelSpec
+from conveyor.federated.params import FederatedParams
 from conveyor.settings import get_settings
 from tasks.federated import (
     await_global_model,
@@ -27,61 +26,6 @@ from tasks.federated import (
 )
 
 EXPERIMENT = "federated-training"
-
-
-class FederatedParams(BaseModel):
-    """Federation size, rounds, strategy, local training and fault-tolerance settings."""
-
-    sites: int = Field(3, ge=2, le=12, description="SuperNodes, one per site with its private rows.")
-    rounds: int = Field(5, ge=1, le=200)
-    min_sites: int = Field(2, ge=1, description="Fewest sites a round may close with (and must connect).")
-    fraction_train: float = Field(1.0, gt=0, le=1, description="Share of connected sites asked to train.")
-    fraction_evaluate: float = Field(1.0, ge=0, le=1, description="Share asked to evaluate on their rows.")
-    strategy: Literal["fedavg", "fedprox"] = "fedavg"
-    proximal_mu: float = Field(0.01, ge=0, description="FedProx's proximal weight.")
-    local_epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1)
-    model: ModelSpec = ModelSpec()
-    dirichlet_alpha: float = Field(0.5, gt=0, description="Label skew of the split: smaller = more non-IID.")
-    seed: int = 42
-    round_timeout_s: float = Field(120.0, gt=0, description="How long a round waits for site replies.")
-    startup_timeout_s: float = Field(60.0, gt=0)
-    base_port: int | None = Field(None, ge=1024, le=65000, description="First local port; None = free ports.")
-    faults: dict[int, Literal["crash", "hang"]] = Field(
-        default_factory=dict,
-        description="Fault drill: site id -> its ClientApp crashes or hangs when training.",
-    )
-    model_name: str = Field("federated-breast-cancer", min_length=1, max_length=100)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FederatedParams:
-        if self.min_sites > self.sites:
-            raise ValueError(f"min_sites ({self.min_sites}) cannot exceed sites ({self.sites})")
-        if unknown := sorted(set(self.faults) - set(range(self.sites))):
-            raise ValueError(f"faults name sites {unknown} but sites are 0..{self.sites - 1}")
-        return self
-
-    def run_config(self, run_dir: str, test_path: str) -> dict[str, Any]:
-        """The Flower app's run config (`[tool.flwr.app.config]` keys) for these parameters."""
-        return {
-            "num-rounds": self.rounds,
-            "num-sites": self.sites,
-            "min-sites": self.min_sites,
-            "fraction-train": self.fraction_train,
-            "fraction-evaluate": self.fraction_evaluate,
-            "strategy": self.strategy,
-            "proximal-mu": self.proximal_mu,
-            "local-epochs": self.local_epochs,
-            "batch-size": self.batch_size,
-            "learning-rate": self.model.learning_rate,
-            "hidden": self.model.hidden,
-            "layers": self.model.layers,
-            "dropout": self.model.dropout,
-            "seed": self.seed,
-            "round-timeout": self.round_timeout_s,
-            "run-dir": run_dir,
-            "test-data": test_path,
-        }
 
 
 class FederatedSummary(BaseModel):
@@ -163,7 +107,7 @@ def _run_name() -> str:
 
 def _log_params(params: FederatedParams, site_rows: list[int]) -> None:
     flat = params.model_dump(exclude={"model", "faults"}) | params.model.model_dump()
-    mlflow.log_params(flat | {"site_rows": site_rows, "faults": json.dumps(params.faults)})
+    tracking.log_run_report(params=flat | {"site_rows": site_rows, "faults": json.dumps(params.faults)})
 
 
 def _markdown(summary: FederatedSummary) -> str:

@@ -9,7 +9,6 @@ import argparse
 import time
 from typing import Any
 
-import mlflow
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
@@ -105,9 +104,11 @@ def publish_report(report: IndexReport) -> None:
         description=f"index-documents on domain {report.domain}",
     )
     with tracking.start_run(EXPERIMENT, run_name=report.domain, tags={"domain": report.domain}):
-        mlflow.log_metrics({**counts, "skipped": len(report.skipped)})
-        mlflow.log_metrics({f"seconds_{stage}": value for stage, value in report.seconds.items()})
-        mlflow.log_dict(report.model_dump(), "index_report.json")
+        tracking.log_run_report(
+            metrics={**counts, "skipped": len(report.skipped)}
+            | {f"seconds_{stage}": value for stage, value in report.seconds.items()},
+            artifacts={"index_report.json": report.model_dump()},
+        )
     for item in report.skipped:
         print(f"skipped {item.source}: {item.reason}")
 

@@ -2,6 +2,7 @@
 
 Run: `uvicorn serving.app:app --host 127.0.0.1 --port 8000` (or `make up`).
 """
+# ruff: noqa: E402  (the imports after runtime.configure() read its environment when they load)
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from limits.errors import StorageError
 
-import conveyor  # noqa: F401  (offline/telemetry switches before the heavy imports)
+from conveyor import runtime
+
+runtime.configure()  # the API process's entry point: before prefect and transformers load below
+
 from agents.llm import get_llm, reset_llm
 from conveyor.embeddings import embed
 from conveyor.settings import Settings, get_settings
@@ -25,6 +29,7 @@ from serving.api.errors import add_error_handlers, error_response
 from serving.api.routes import (
     auth,
     chat,
+    compat,
     conversations,
     datasets,
     flows,
@@ -89,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Agents, retrieval, datasets, models and flow runs of the Conveyor platform.",
         lifespan=lifespan,
+        openapi_tags=[compat.TAG],
     )
     app.state.settings = settings
     app.state.champions = ChampionCache()
@@ -108,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
         app.include_router(module.router)
+    app.include_router(compat.router)  # last: GET /users/me stays ahead of its GET /users/{user_id}
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 from conveyor import registry
-
-if TYPE_CHECKING:
-    from mlflow.pyfunc import PyFuncModel
+from conveyor.tracking import PyFuncModel
 
 
 class ChampionCache:

@@ -17,18 +17,27 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def poll(probe: Callable[[], Any], deadline_s: float, what: str, every_s: float = 1.0) -> Any:
     """The first truthy result of `probe`; AssertionError naming `what` if none came within the deadline."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if result := probe():
-            return result
-        time.sleep(every_s)
-    raise AssertionError(f"not seen: {what} within {deadline_s:.0f} s")
+    polling = Retrying(
+        retry=retry_if_not_result(bool), stop=stop_after_delay(deadline_s), wait=wait_fixed(every_s)
+    )
+    try:
+        return polling(probe)
+    except RetryError:
+        raise AssertionError(f"not seen: {what} within {deadline_s:.0f} s") from None
 
 
 def free_port() -> int:
@@ -52,11 +61,19 @@ class ThreadedServer:
 
     def __enter__(self) -> ThreadedServer:
         self._thread.start()
-        deadline = time.monotonic() + 300  # startup loads the LLM
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+
+        def started() -> bool:
+            if not self._thread.is_alive():
                 raise RuntimeError("the API server did not start")
-            time.sleep(0.05)
+            return self._server.started
+
+        polling = Retrying(  # startup loads the LLM
+            retry=retry_if_not_result(bool), stop=stop_after_delay(300), wait=wait_fixed(0.05)
+        )
+        try:
+            polling(started)
+        except RetryError:
+            raise RuntimeError("the API server did not start within 300 s") from None
         return self
 
     def __exit__(self, *_) -> None:
@@ -94,17 +111,25 @@ class ProcessServer:
 
     def wait_until_up(self) -> ProcessServer:
         """Wait for `/health`; RuntimeError (the process stopped) if it exits or the timeout passes."""
-        assert self._process is not None, "start() first"
-        while time.monotonic() < self._deadline:
-            if self._process.poll() is not None:
+        process = self._process
+        assert process is not None, "start() first"
+
+        def up() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"the API process exited; see {self._log_path}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.__exit__()
-        raise RuntimeError(f"the API process did not answer /health; see {self._log_path}")
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+
+        polling = Retrying(
+            retry=retry_if_not_result(bool) | retry_if_exception_type(httpx.HTTPError),
+            stop=stop_after_delay(max(0.0, self._deadline - time.monotonic())),
+            wait=wait_fixed(0.3),
+        )
+        try:
+            polling(up)
+        except RetryError:
+            self.__exit__()
+            raise RuntimeError(f"the API process did not answer /health; see {self._log_path}") from None
+        return self
 
     def __exit__(self, *_) -> None:
         if self._process is not None and self._process.poll() is None:

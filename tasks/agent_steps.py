@@ -15,8 +15,8 @@ from pydantic import BaseModel
 
 from agents import memory
 from agents.base import AgentResult
+from agents.catalog import get_agent
 from agents.planner import Plan, PlanStep, plan_task, software_plan
-from agents.registry import get_agent
 
 
 class StepFailed(RuntimeError):
@@ -146,25 +146,23 @@ def write_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path) -> Path
 @task(name="track-agent-run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def track_run(plan: Plan, outcomes: list[StepOutcome], run_dir: Path) -> str:
     """An MLflow run: the plan as params, step latencies and success as metrics, the report as artifacts."""
-    import mlflow
+    from conveyor import tracking
 
-    from conveyor.tracking import start_run
-
-    with start_run("agents", run_name="run-agent-task", tags={"conveyor.plan_method": plan.method}) as run:
-        mlflow.log_params(
-            {
+    latencies = {f"latency_s.{o.id}": o.latency_s for o in outcomes if o.latency_s is not None}
+    completed = sum(o.status == "completed" for o in outcomes)
+    with tracking.start_run(
+        "agents", run_name="run-agent-task", tags={"conveyor.plan_method": plan.method}
+    ) as run:
+        tracking.log_run_report(
+            params={
                 "task": plan.task[:500],
                 "plan_method": plan.method,
                 "steps": len(plan.steps),
                 "plan": json.dumps([s.model_dump() for s in plan.steps])[:6000],
-            }
+            },
+            metrics=latencies | {"steps_completed": completed, "success": float(completed == len(outcomes))},
+            artifacts={"agent-run": run_dir},
         )
-        metrics = {f"latency_s.{o.id}": o.latency_s for o in outcomes if o.latency_s is not None}
-        completed = sum(o.status == "completed" for o in outcomes)
-        mlflow.log_metrics(
-            metrics | {"steps_completed": completed, "success": float(completed == len(outcomes))}
-        )
-        mlflow.log_artifacts(str(run_dir), artifact_path="agent-run")
         return run.info.run_id
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
 import torch
-from mlflow.entities import Metric as MlflowMetric
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -50,10 +47,11 @@ def federated_round(
     )
     metrics = {key: float(record[key]) for key in ROUND_METRICS if record.get(key) is not None}
     metrics["sites_trained"] = float(len(record["trained"]))
-    stamp = int(record["time"] * 1000)
-    tracking.client().log_batch(
+    tracking.log_step_metrics(
         mlflow_run_id,
-        metrics=[MlflowMetric(f"round_{key}", value, stamp, round_number) for key, value in metrics.items()],
+        {f"round_{key}": value for key, value in metrics.items()},
+        step=round_number,
+        timestamp_ms=int(record["time"] * 1000),
     )
     create_table_artifact(
         table=[
@@ -99,12 +97,8 @@ def train_baselines(
         "site_best_accuracy": max(sites),
     }
     scores |= {f"site_{i}_accuracy": score for i, score in enumerate(sites)}
-    tracking.client().log_batch(
-        mlflow_run_id,
-        metrics=[
-            MlflowMetric(f"baseline_{key}", value, int(time.time() * 1000), 0)
-            for key, value in scores.items()
-        ],
+    tracking.log_step_metrics(
+        mlflow_run_id, {f"baseline_{key}": value for key, value in scores.items()}, step=0
     )
     return scores
 
@@ -120,14 +114,12 @@ def log_global_model(
     model.load_state_dict(torch.load(weights_path, weights_only=True))
     loss, accuracy = evaluate(model, *load_rows(data.test_path))
     with tracking.use_run(mlflow_run_id):
-        mlflow.log_metrics({"test_accuracy": accuracy, "test_loss": loss})
-        info = mlflow.pytorch.log_model(
+        tracking.log_run_report(metrics={"test_accuracy": accuracy, "test_loss": loss})
+        return tracking.log_model(
             model.eval(),
-            name="model",
             input_example=test[features].head(5).to_numpy(dtype="float32", copy=True),
             metadata={"features": features, "target": TARGET},
         )
-    return info.model_uri
 
 
 @task(cache_policy=NO_CACHE)

@@ -12,7 +12,6 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -84,14 +83,11 @@ def log_training_inputs(run_id: str, params: dict, data: DatasetRef, resumed: bo
     """Record the parameters (new runs only: MLflow params are immutable) and the dataset as a run input."""
     with tracking.use_run(run_id):
         if resumed:
-            mlflow.set_tag("conveyor.resumed_with", json.dumps(params, default=str)[:5000])
+            tracking.log_run_report(tags={"conveyor.resumed_with": json.dumps(params, default=str)[:5000]})
         else:
-            mlflow.log_params(_flatten(params))
+            tracking.log_run_report(params=_flatten(params))
         frame = datasets.load(data.id, data.version or None)
-        mlflow.log_input(
-            mlflow.data.from_pandas(frame, source=data.path, name=data.id, targets=data.target),
-            context="training",
-        )
+        tracking.log_dataset(frame, source=data.path, name=data.id, target=data.target)
 
 
 @task(cache_policy=NO_CACHE)
@@ -110,17 +106,15 @@ def log_lightning_model(run_id: str, outcome: FitOutcome, data: DatasetRef) -> s
     model = TabularClassifier.load_from_checkpoint(outcome.best_checkpoint, map_location="cpu").eval()
     frame = datasets.load(data.id, data.version or None)
     example = feature_array(frame.head(5), data.features)  # pt2 needs a batch of at least 2
+    metrics = {f"final_{k}": v for k, v in outcome.metrics.items()}
     with tracking.use_run(run_id):
-        mlflow.log_metrics({f"final_{k}": v for k, v in outcome.metrics.items()})
-        mlflow.log_metric("samples_per_second", outcome.samples_per_second)
-        info = mlflow.pytorch.log_model(
+        tracking.log_run_report(metrics=metrics | {"samples_per_second": outcome.samples_per_second})
+        return tracking.log_model(
             model,
-            name="model",
             input_example=example,
             pip_requirements=_pinned("torch"),
             metadata={"features": data.features, "target": data.target},
         )
-    return info.model_uri
 
 
 @task(cache_policy=NO_CACHE)
@@ -131,19 +125,19 @@ def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: i
     pipeline = build_pipeline(frame, data.features, task, seed=seed, **forest)
     pipeline.fit(train[data.features], train[data.target])
     metric: Metric = "accuracy" if task == "classification" else "rmse"
+    scores = {
+        f"{split}_{metric}": score(pipeline.predict(part[data.features]), part[data.target], metric)
+        for split, part in {"train": train, "val": val, "test": test}.items()
+    }
     with tracking.use_run(run_id):
-        for split, part in {"train": train, "val": val, "test": test}.items():
-            predictions = pipeline.predict(part[data.features])
-            mlflow.log_metric(f"{split}_{metric}", score(predictions, part[data.target], metric))
-        info = mlflow.sklearn.log_model(
+        tracking.log_run_report(metrics=scores)
+        return tracking.log_model(
             pipeline,
-            name="model",
             input_example=train[data.features].head(5),
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pip_requirements=_pinned("scikit-learn", "pandas"),
             metadata={"features": data.features, "target": data.target},
         )
-    return info.model_uri
 
 
 @task(cache_policy=NO_CACHE)
@@ -169,13 +163,10 @@ def resume_checkpoint(run_id: str) -> str:
     local = checkpoint_dir(run_id) / "last.ckpt"
     if local.is_file():
         return str(local)
-    tracking.client()
     target = tempfile.mkdtemp(prefix="conveyor-resume-")
     try:
-        return mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=LAST_CHECKPOINT_ARTIFACT, dst_path=target
-        )
-    except mlflow.exceptions.MlflowException as exc:
+        return tracking.download_artifact(run_id, LAST_CHECKPOINT_ARTIFACT, target)
+    except FileNotFoundError as exc:
         raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from ({exc})") from None
 
 

@@ -11,10 +11,13 @@ os.environ["CONVEYOR_DATA_DIR"] = str(STATE / "data")
 os.environ.pop("CONVEYOR_PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_URL", None)
 
+from conveyor import runtime  # noqa: E402
+
+runtime.configure()  # the offline/telemetry switches and PREFECT_HOME, before prefect loads
+
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-import conveyor  # noqa: E402,F401  (sets the offline/telemetry switches before prefect loads)
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings, reset_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +29,21 @@ def prefect_api():
     """One real Prefect API (temporary server on SQLite) shared by every test."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def configure(monkeypatch):
+    """`configure(name=value, ...)` sets `CONVEYOR_<NAME>` for one test and rebuilds the settings object;
+    both are restored afterwards."""
+
+    def apply(**values: object) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(f"CONVEYOR_{name.upper()}", str(value))
+        reset_settings()
+
+    yield apply
+    monkeypatch.undo()
+    reset_settings()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from agents import chat, data, memory, research, summary
 from agents.code import AGENT as CODE
 from agents.llm import get_llm
 from conveyor.datasets import load
-from conveyor.settings import reset_settings
 
 FACTS = [
     {
@@ -42,14 +41,9 @@ def facts_domain():
 
 
 @pytest.fixture()
-def llm_down(monkeypatch):
+def llm_down(configure):
     """The configured LLM is an OpenAI-compatible endpoint on a closed port."""
-    monkeypatch.setenv("CONVEYOR_LLM_BACKEND", "openai")
-    monkeypatch.setenv("CONVEYOR_LLM_BASE_URL", "http://127.0.0.1:9/v1")
-    reset_settings()
-    yield
-    monkeypatch.undo()
-    reset_settings()
+    configure(llm_backend="openai", llm_base_url="http://127.0.0.1:9/v1")
 
 
 def numbers_in(value) -> list[float]:

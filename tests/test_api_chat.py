@@ -8,7 +8,7 @@ import openai
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from agents.registry import AGENTS
+from agents.catalog import AGENTS
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
 from serving.app import create_app
 from serving.testing import ProcessServer, ThreadedServer, free_port, login, sse_events

@@ -78,8 +78,8 @@ class TestDeploymentsCoverTheFlows:
         assert deployment["enforce_parameter_schema"] is True
 
     def test_entrypoint_folders_shadow_no_standard_module(self):
-        """Prefect puts an entrypoint's folder on `sys.path`: a `flows/platform.py` there made `import platform`
-        in spawned processes (Dask workers) load the flow instead of the standard library, and they died."""
+        """Prefect puts an entrypoint's folder on `sys.path`: a `flows/platform.py` there made
+        `import platform` in spawned processes (Dask workers) load the flow, not the standard library."""
         folders = {(REPO / d["entrypoint"].split(":")[0]).parent for d in DEPLOYMENTS}
         shadowing = [
             str(path.relative_to(REPO))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conveyor import runtime
 from conveyor.pipeline import locked_md5, reproduce
 from conveyor.settings import ConfigurationError
 
@@ -32,7 +34,8 @@ METRICS = {
 
 
 def dvc(*args: str, cwd: Path) -> str:
-    done = subprocess.run([*DVC, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    env = runtime.with_tools(os.environ)  # the stages' `python` is this environment's
+    done = subprocess.run([*DVC, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

@@ -35,7 +35,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.settings import PREFECT_API_URL
 
-from conveyor import pipeline
+from conveyor import pipeline, runtime
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -113,12 +113,9 @@ def tiny_beir(folder: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def env(settings) -> dict[str, str]:
     """The stages' environment: this session's state folder and Prefect server, this venv's `python` first."""
-    scripts = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
+    return runtime.with_tools(os.environ) | {
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "CONVEYOR_HOME": str(settings.state_dir),
-        "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}",
     }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
-from conveyor.settings import get_settings, reset_settings
+from conveyor.settings import get_settings
 from flows import task_runners
 from flows.evaluate_retrieval import evaluate_retrieval, main
 
@@ -56,14 +56,9 @@ def test_not_a_beir_directory(tmp_path: Path):
 
 
 @pytest.fixture
-def retrieval_tasks_of_3_queries(monkeypatch):
-    monkeypatch.setenv("CONVEYOR_EVALUATION_TASK_QUERIES", "3")
+def retrieval_tasks_of_3_queries(configure):
     # fresh worker processes open the tables cold: the comparison is about results, not the gateway's timeout
-    monkeypatch.setenv("CONVEYOR_GATEWAY_DOMAIN_TIMEOUT_S", "120")
-    reset_settings()
-    yield
-    monkeypatch.undo()
-    reset_settings()
+    configure(evaluation_task_queries=3, gateway_domain_timeout_s=120)
 
 
 def test_a_dask_cluster_gives_the_same_metrics(beir_dir: Path, retrieval_tasks_of_3_queries):

@@ -9,13 +9,16 @@ import kubernetes_validate
 import numpy as np
 import psutil
 import pytest
+import tomli_w
 import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.common.config import get_fused_config_from_dir, parse_config_args
 from pydantic import ValidationError
 
 from conveyor.federated.journal import FederationError, Journal
-from conveyor.federated.launcher import LocalFederation
+from conveyor.federated.launcher import APP_DIR, LocalFederation
+from conveyor.federated.params import MANUAL_RUN_DIR, FederatedParams
 from conveyor.federated.server_app import TrackedFedAvg
 from conveyor.federated.task import (
     MIN_SITE_ROWS,
@@ -30,7 +33,6 @@ from conveyor.federated.task import (
     train_local,
     write_site_data,
 )
-from flows.federated_training import FederatedParams
 
 
 def alive(pid: int) -> bool:
@@ -147,6 +149,35 @@ class TestParams:
     def test_faults_must_name_existing_sites(self):
         with pytest.raises(ValidationError, match="faults name sites"):
             FederatedParams(sites=3, faults={5: "crash"})
+
+
+class TestRunConfig:
+    """The Flower app's run config comes from FederatedParams: its keys and its defaults."""
+
+    def test_what_the_apps_read_by_default_is_federated_params_defaults(self):
+        read = get_fused_config_from_dir(APP_DIR, {})  # as the ServerApp / ClientApp get it, no overrides
+        assert read == FederatedParams().run_config(MANUAL_RUN_DIR, f"{MANUAL_RUN_DIR}/data/test.csv"), (
+            "conveyor/federated/pyproject.toml is stale: run `python -m conveyor.federated.params`"
+        )
+        assert FederatedParams.from_run_config(read) == FederatedParams()
+
+    def test_a_runs_parameters_reach_the_apps_unchanged(self, tmp_path):
+        params = FederatedParams(
+            sites=4,
+            rounds=7,
+            min_sites=3,
+            fraction_evaluate=0.5,
+            strategy="fedprox",
+            proximal_mu=0.5,
+            model=ModelSpec(hidden=8, layers=1, learning_rate=0.05),
+            seed=3,
+            round_timeout_s=30,
+        )
+        overrides = tmp_path / "run_config.toml"  # as LocalFederation.submit hands it to `flwr run`
+        overrides.write_text(tomli_w.dumps(params.run_config("/runs/r1", "/runs/r1/test.csv")))
+        read = get_fused_config_from_dir(APP_DIR, parse_config_args([str(overrides)]))
+        assert FederatedParams.from_run_config(read) == params
+        assert (read["run-dir"], read["test-data"]) == ("/runs/r1", "/runs/r1/test.csv")
 
 
 class TestLaunchErrors:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conveyor import gateway, knowledge
-from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings, reset_settings
+from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings
 from flows.index_documents import index_documents
 from serving.testing import ProcessServer, login
 
@@ -161,12 +161,9 @@ def test_a_broken_domain_is_named_and_the_others_answer(domains, damage, error):
 
 
 @pytest.fixture
-def short_domain_timeout(monkeypatch):
-    monkeypatch.setenv("CONVEYOR_GATEWAY_DOMAIN_TIMEOUT_S", "2")
-    reset_settings()
-    yield 2
-    monkeypatch.undo()
-    reset_settings()
+def short_domain_timeout(configure):
+    configure(gateway_domain_timeout_s=2)
+    return 2
 
 
 def stall_data_files(table: Path) -> None:

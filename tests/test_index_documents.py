@@ -14,7 +14,7 @@ from pypdf import PdfWriter
 
 from conveyor import gateway, knowledge
 from conveyor.loaders import iter_source
-from conveyor.settings import get_settings, reset_settings
+from conveyor.settings import get_settings
 from flows import task_runners
 from flows.index_documents import index_documents
 from tasks.indexing import domain_limit, embed_batch, plan_changes, stage_source
@@ -92,12 +92,8 @@ class TestLoading:
 
 
 @pytest.fixture
-def vector_index_from_4_rows(monkeypatch):
-    monkeypatch.setenv("CONVEYOR_VECTOR_INDEX_MIN_ROWS", "4")
-    reset_settings()
-    yield
-    monkeypatch.undo()
-    reset_settings()
+def vector_index_from_4_rows(configure):
+    configure(vector_index_min_rows=4)
 
 
 class TestIndexDocuments:
@@ -220,12 +216,8 @@ class TestSafety:
 
 
 @pytest.fixture
-def embedding_tasks_of_4_chunks(monkeypatch):
-    monkeypatch.setenv("CONVEYOR_EMBEDDING_TASK_CHUNKS", "4")
-    reset_settings()
-    yield
-    monkeypatch.undo()
-    reset_settings()
+def embedding_tasks_of_4_chunks(configure):
+    configure(embedding_task_chunks=4)
 
 
 class TestFanOut:

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import llm
-from conveyor.settings import ConfigurationError, reset_settings
+from conveyor.settings import ConfigurationError
 
 SHORT = [{"role": "user", "content": "Reply with the single word: yes"}]
 
@@ -71,15 +71,10 @@ class TestEmbedded:
         assert llm.queue_depth() == 0 and results and results[0].strip()
 
 
-def test_generation_past_the_timeout_is_llm_unavailable(model, monkeypatch):
-    monkeypatch.setenv("CONVEYOR_LLM_TIMEOUT_S", "0.3")
-    reset_settings()
-    try:
-        with pytest.raises(llm.LLMUnavailable, match="exceeded"):
-            model.complete([{"role": "user", "content": "Count from 1 to 500."}], max_tokens=400)
-    finally:
-        monkeypatch.undo()
-        reset_settings()
+def test_generation_past_the_timeout_is_llm_unavailable(model, configure):
+    configure(llm_timeout_s=0.3)
+    with pytest.raises(llm.LLMUnavailable, match="exceeded"):
+        model.complete([{"role": "user", "content": "Count from 1 to 500."}], max_tokens=400)
     assert model.complete(SHORT, max_tokens=4).strip()  # the model is released and usable again
 
 
@@ -90,19 +85,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def openai_backend(monkeypatch):
+def openai_backend(configure):
     """Switch settings to the OpenAI-compatible backend at `base_url`; restore the embedded one after."""
 
     def use(base_url: str):
-        monkeypatch.setenv("CONVEYOR_LLM_BACKEND", "openai")
-        monkeypatch.setenv("CONVEYOR_LLM_BASE_URL", base_url)
-        monkeypatch.setenv("CONVEYOR_LLM_TIMEOUT_S", "60")
-        reset_settings()
+        configure(llm_backend="openai", llm_base_url=base_url, llm_timeout_s=60)
         return llm.OpenAICompatibleLLM()
 
-    yield use
-    monkeypatch.undo()
-    reset_settings()
+    return use
 
 
 class TestOpenAICompatible:

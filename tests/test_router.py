@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from agents import router
-from agents.registry import AGENTS
+from agents.catalog import AGENTS
 from conveyor.settings import reset_settings
 
 CASES = [

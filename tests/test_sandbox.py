@@ -419,7 +419,8 @@ class TestFailClosed:
             "import json\nfrom agents import isolation\nfrom agents.sandbox import run_code\n"
             "out = run_code('import ctypes, errno\\nlibc = ctypes.CDLL(None, use_errno=True)\\n"
             "result = [libc.unshare(0x10000000), errno.errorcode[ctypes.get_errno()]]', preload=())\n"
-            "print(json.dumps([isolation.can_disable_user_namespaces(), out.isolation, out.result, out.error]))\n"
+            "disabled = isolation.can_disable_user_namespaces()\n"
+            "print(json.dumps([disabled, out.isolation, out.result, out.error]))\n"
         )
         done = subprocess.run(
             [
@@ -440,16 +441,9 @@ class TestFailClosed:
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout.splitlines()[-1]) == [False, "bubblewrap", [-1, "EPERM"], None]
 
-    def test_the_weaker_mode_is_explicit_and_loud(self, settings, monkeypatch, caplog):
-        from conveyor.settings import reset_settings
-
-        monkeypatch.setenv("CONVEYOR_SANDBOX_ISOLATION", "process")
-        reset_settings()
-        try:
-            out = run_code("result = 2 + 2", preload=())
-        finally:
-            monkeypatch.delenv("CONVEYOR_SANDBOX_ISOLATION")
-            reset_settings()
+    def test_the_weaker_mode_is_explicit_and_loud(self, configure, caplog):
+        configure(sandbox_isolation="process")
+        out = run_code("result = 2 + 2", preload=())
         assert out.ok and out.result == 4 and out.isolation == "process"
         assert "SANDBOX ISOLATION IS OFF" in caplog.text
 

@@ -1,9 +1,17 @@
 """Settings: local defaults, clear errors for bad values, no default secrets outside development."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from conveyor import tracking
 from conveyor.settings import ConfigurationError, Settings, get_settings, reset_settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 class TestDefaults:
@@ -56,3 +64,45 @@ class TestTracking:
         assert stored.data.tags["purpose"] == "test"
         assert stored.info.status == "FINISHED"
         assert stored.info.artifact_uri.startswith("file://")
+
+
+class TestProcessSwitches:
+    """`import conveyor` changes nothing; entry points call `runtime.configure()`, which reads settings."""
+
+    PROBE = """
+import json, os, warnings
+env, filters = dict(os.environ), list(warnings.filters)
+import conveyor, conveyor.runtime, conveyor.pipeline
+imported = {"env": dict(os.environ) == env, "filters": warnings.filters == filters}
+from conveyor import runtime
+runtime.configure()
+added = [f for f in warnings.filters if f not in filters]
+print(json.dumps(imported | {
+    "prefect_home": os.environ.get("PREFECT_HOME"),
+    "path_unchanged": os.environ["PATH"] == env["PATH"],
+    "untargeted_filters": [str(f) for f in added if f[1] is None],
+}))
+"""
+
+    def run_probe(self, cwd: Path) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "PREFECT_"))}
+        done = subprocess.run(
+            [sys.executable, "-c", self.PROBE],
+            cwd=cwd,
+            env=env | {"PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
+    def test_importing_conveyor_leaves_the_environment_and_warnings_alone(self, tmp_path):
+        probe = self.run_probe(tmp_path)
+        assert probe["env"] and probe["filters"]
+
+    def test_configure_takes_the_state_folder_from_dotenv_and_leaves_path_alone(self, tmp_path):
+        (tmp_path / ".env").write_text("CONVEYOR_HOME=elsewhere\n")
+        probe = self.run_probe(tmp_path)
+        assert probe["prefect_home"] == str(tmp_path / "elsewhere" / "prefect")
+        assert probe["path_unchanged"] and probe["untargeted_filters"] == []

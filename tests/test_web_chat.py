@@ -10,7 +10,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
-from agents.registry import AGENTS
+from agents.catalog import AGENTS
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
 
 CHROMIUM = "/usr/bin/chromium"

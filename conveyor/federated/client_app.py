@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from conveyor import runtime
+from conveyor.federated.params import FederatedParams
 from conveyor.federated.task import (
-    ModelSpec,
     ProximalClassifier,
     build_model,
     evaluate,
@@ -45,9 +45,13 @@ def _site_rows(context: Context):
     return load_rows(str(path))
 
 
+def _params(context: Context) -> FederatedParams:
+    return FederatedParams.from_run_config(context.run_config)
+
+
 def _received_model(message: Message, num_features: int, context: Context) -> ProximalClassifier:
-    spec = ModelSpec.from_run_config(context.run_config)
-    model = build_model(num_features, spec, seed=int(context.run_config["seed"]), kind=ProximalClassifier)
+    params = _params(context)
+    model = build_model(num_features, params.model, seed=params.seed, kind=ProximalClassifier)
     model.load_state_dict(message.content.array_records["arrays"].to_torch_state_dict())
     return model
 
@@ -77,13 +81,14 @@ def train(message: Message, context: Context) -> Message:
     config = message.content.config_records["config"]
     model.anchor(float(record_number(config, "proximal-mu", default=0.0)))
     server_round = int(record_number(config, "server-round"))
+    params = _params(context)
     loss = train_local(
         model,
         features,
         labels,
-        epochs=int(context.run_config["local-epochs"]),
-        batch_size=int(context.run_config["batch-size"]),
-        seed=int(context.run_config["seed"]) * 1000 + server_round * 100 + _site_id(context),
+        epochs=params.local_epochs,
+        batch_size=params.batch_size,
+        seed=params.seed * 1000 + server_round * 100 + _site_id(context),
     )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(labels)})
     content = RecordDict(

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tenacity import RetryError, Retrying, retry_if_not_result, stop_after_delay, wait_fixed
+
 JOURNAL_FILE = "journal.jsonl"
 
 
@@ -43,14 +45,20 @@ class Journal:
 
         `check_alive` is called while waiting and raises when a process it watches has died.
         """
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def first_wanted() -> dict[str, Any]:  # {} = not yet
             for event in self.events():
                 if event["event"] == "failed":
                     raise FederationError(f"federation failed: {event['reason']}")
                 if wanted(event):
                     return event
             check_alive()
-            if time.monotonic() > deadline:
-                raise FederationError(f"no {what} within {timeout_s:.0f} s")
-            time.sleep(poll_s)
+            return {}
+
+        polling = Retrying(
+            retry=retry_if_not_result(bool), stop=stop_after_delay(timeout_s), wait=wait_fixed(poll_s)
+        )
+        try:
+            return polling(first_wanted)
+        except RetryError:
+            raise FederationError(f"no {what} within {timeout_s:.0f} s") from None

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import psutil
 import tomli_w
+from tenacity import RetryError, Retrying, retry_if_not_result, stop_after_delay, wait_fixed
 
+from conveyor import runtime
 from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
 
 APP_DIR = Path(__file__).resolve().parent
@@ -108,7 +108,8 @@ class LocalFederation:
 
     @property
     def env(self) -> dict[str, str]:
-        return os.environ | {"FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1"}
+        """The processes' environment: the SuperLink and SuperNodes start `flower-superexec` by name."""
+        return runtime.with_tools(os.environ) | {"FLWR_HOME": str(self.flwr_home), "PYTHONUNBUFFERED": "1"}
 
     def start(self) -> None:
         count = 3 + len(self.sites)
@@ -165,12 +166,12 @@ class LocalFederation:
             self._await_listening(f"supernode-{site['site-id']}", [port])
 
     def _spawn(self, name: str, command: list[str]) -> None:
-        executable = shutil.which(command[0])
-        if executable is None:
-            raise FederationError(f"{command[0]} is not on PATH: install flwr into this environment")
+        executable = runtime.SCRIPTS / command[0]
+        if not executable.is_file():
+            raise FederationError(f"{executable} is missing: install flwr into this environment")
         with (self.log_dir / f"{name}.log").open("wb") as log:
             self.processes[name] = subprocess.Popen(
-                [executable, *command[1:]],
+                [str(executable), *command[1:]],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
@@ -180,26 +181,34 @@ class LocalFederation:
 
     def _await_listening(self, name: str, ports: list[int]) -> None:
         process = self.processes[name]
-        deadline = time.monotonic() + self.startup_timeout_s
-        while not all(_listening(port) for port in ports):
+
+        def listening() -> bool:
             if process.poll() is not None:
                 raise FederationError(
                     f"{name} exited with code {process.returncode} while starting:\n"
                     f"{_log_tail(self.log_dir / f'{name}.log')}"
                 )
-            if time.monotonic() > deadline:
-                raise FederationError(
-                    f"{name} did not listen on ports {ports} within {self.startup_timeout_s:.0f} s:\n"
-                    f"{_log_tail(self.log_dir / f'{name}.log')}"
-                )
-            time.sleep(0.2)
+            return all(_listening(port) for port in ports)
+
+        polling = Retrying(
+            retry=retry_if_not_result(bool),
+            stop=stop_after_delay(self.startup_timeout_s),
+            wait=wait_fixed(0.2),
+        )
+        try:
+            polling(listening)
+        except RetryError:
+            raise FederationError(
+                f"{name} did not listen on ports {ports} within {self.startup_timeout_s:.0f} s:\n"
+                f"{_log_tail(self.log_dir / f'{name}.log')}"
+            ) from None
 
     def submit(self, run_config: dict[str, Any], timeout_s: float = 120.0) -> int:
         """Start a run of the app with `run_config` overrides on the SuperLink; returns Flower's run id."""
         config_path = self.run_dir / "run_config.toml"
         config_path.write_text(tomli_w.dumps(run_config))
         command = [
-            shutil.which("flwr") or "flwr",
+            str(runtime.SCRIPTS / "flwr"),
             "run",
             str(APP_DIR),
             CONNECTION,

@@ -10,11 +10,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from conveyor import runtime
 from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
+from conveyor.federated.params import FederatedParams
 from conveyor.federated.task import (
-    ModelSpec,
     build_model,
     evaluate,
     load_rows,
@@ -83,9 +84,15 @@ class TrackedFedProx(SiteTracking, FedProx):
 
 def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> dict[int, dict[str, Any]]:
     """Wait for the sites to connect and collect each one's id and feature moments, keyed by node id."""
-    deadline = time.monotonic() + timeout_s
-    while len(nodes := list(grid.get_node_ids())) < expected and time.monotonic() < deadline:
-        time.sleep(0.5)
+    polling = Retrying(
+        retry=retry_if_result(lambda nodes: len(nodes) < expected),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(0.5),
+    )
+    try:
+        nodes = polling(lambda: list(grid.get_node_ids()))
+    except RetryError as error:
+        nodes = error.last_attempt.result()  # the sites connected by the deadline
     if len(nodes) < minimum:
         raise FederationError(
             f"{len(nodes)} of {expected} sites connected within {timeout_s:.0f} s, minimum is {minimum}"
@@ -109,34 +116,32 @@ def gather_sites(grid: Grid, expected: int, minimum: int, timeout_s: float) -> d
     }
 
 
-def _strategy(config: dict[str, Any], sites: dict[int, str]) -> TrackedFedAvg | TrackedFedProx:
-    minimum = int(config["min-sites"])
+def _strategy(params: FederatedParams, sites: dict[int, str]) -> TrackedFedAvg | TrackedFedProx:
     options = {
-        "fraction_train": float(config["fraction-train"]),
-        "fraction_evaluate": float(config["fraction-evaluate"]),
-        "min_train_nodes": minimum,
-        "min_evaluate_nodes": min(minimum, len(sites)),
-        "min_available_nodes": minimum,
+        "fraction_train": params.fraction_train,
+        "fraction_evaluate": params.fraction_evaluate,
+        "min_train_nodes": params.min_sites,
+        "min_evaluate_nodes": min(params.min_sites, len(sites)),
+        "min_available_nodes": params.min_sites,
     }
-    if config["strategy"] == "fedprox":
-        return TrackedFedProx(sites=sites, proximal_mu=float(config["proximal-mu"]), **options)
+    if params.strategy == "fedprox":
+        return TrackedFedProx(sites=sites, proximal_mu=params.proximal_mu, **options)
     return TrackedFedAvg(sites=sites, **options)
 
 
-def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
-    """Run the whole federation; returns the file holding the final global weights."""
+def federate(grid: Grid, params: FederatedParams, run_dir: Path, test_data: str, journal: Journal) -> Path:
+    """Run the whole federation; returns the file in `run_dir` holding the final global weights."""
     runtime.limit_torch_threads(1)
-    test_features, test_labels = load_rows(str(config["test-data"]))
-    timeout_s = float(config["round-timeout"])
-    found = gather_sites(grid, int(config["num-sites"]), int(config["min-sites"]), timeout_s)
+    test_features, test_labels = load_rows(test_data)
+    timeout_s = params.round_timeout_s
+    found = gather_sites(grid, params.sites, params.min_sites, timeout_s)
     journal.write("sites", sites=sorted(site["site"] for site in found.values()))
 
-    spec = ModelSpec.from_run_config(config)
-    model = build_model(test_features.shape[1], spec, seed=int(config["seed"]))
+    model = build_model(test_features.shape[1], params.model, seed=params.seed)
     mean, std = pooled_standardization([site["moments"] for site in found.values()])
     model.feature_mean.copy_(mean)
     model.feature_std.copy_(std)
-    strategy = _strategy(config, {node: site["site"] for node, site in found.items()})
+    strategy = _strategy(params, {node: site["site"] for node, site in found.items()})
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -156,12 +161,12 @@ def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=int(config["num-rounds"]),
+        num_rounds=params.rounds,
         timeout=timeout_s,
         train_config=ConfigRecord(),
         evaluate_fn=evaluate_global,
     )
-    model_path = Path(str(config["run-dir"])) / GLOBAL_MODEL_FILE
+    model_path = run_dir / GLOBAL_MODEL_FILE
     torch.save(result.arrays.to_torch_state_dict(), model_path)
     return model_path
 
@@ -169,9 +174,12 @@ def federate(grid: Grid, config: dict[str, Any], journal: Journal) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Federate, journaling each round; a failure is journaled with its reason before it propagates."""
-    journal = Journal(Path(str(context.run_config["run-dir"])) / JOURNAL_FILE)
+    config = context.run_config
+    run_dir = Path(str(config["run-dir"]))
+    journal = Journal(run_dir / JOURNAL_FILE)
     try:
-        model_path = federate(grid, dict(context.run_config), journal)
+        params = FederatedParams.from_run_config(config)
+        model_path = federate(grid, params, run_dir, str(config["test-data"]), journal)
     except Exception as exc:
         journal.write("failed", reason=f"{type(exc).__name__}: {exc}")
         raise

@@ -51,16 +51,6 @@ class ModelSpec(BaseModel):
     dropout: float = 0.1
     learning_rate: float = 1e-2
 
-    @classmethod
-    def from_run_config(cls, config: dict) -> ModelSpec:
-        """The spec in the Flower app's run config (`hidden`, `layers`, `dropout`, `learning-rate`)."""
-        return cls(
-            hidden=int(config["hidden"]),
-            layers=int(config["layers"]),
-            dropout=float(config["dropout"]),
-            learning_rate=float(config["learning-rate"]),
-        )
-
 
 def dirichlet_partition(labels: np.ndarray, num_sites: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Row indices per site: each class's rows are dealt out in Dirichlet(alpha) shares (seeded).

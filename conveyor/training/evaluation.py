@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-import mlflow
 import numpy as np
 import pandas as pd
+from sklearn.metrics import accuracy_score, root_mean_squared_error
 
 from conveyor import registry, tracking
 
@@ -19,9 +19,9 @@ def score(predictions: np.ndarray, truth: pd.Series, metric: Metric) -> float:
     """`accuracy` of labels (or of the most probable class for probability rows), or `rmse`."""
     predictions = np.asarray(predictions)
     if metric == "rmse":
-        return float(np.sqrt(np.mean((predictions.reshape(-1) - truth.to_numpy(dtype=float)) ** 2)))
+        return float(root_mean_squared_error(truth.to_numpy(dtype=float), predictions.reshape(-1)))
     labels = predictions.argmax(axis=1) if predictions.ndim == 2 and predictions.shape[1] > 1 else predictions
-    return float(np.mean(labels.reshape(-1) == truth.to_numpy()))
+    return float(accuracy_score(truth.to_numpy(), labels.reshape(-1)))
 
 
 def model_scorer(
@@ -30,8 +30,7 @@ def model_scorer(
     """A function that loads a model URI as pyfunc and scores it on `held_out`."""
 
     def evaluate(model_uri: str) -> float:
-        tracking.client()  # configures the tracking URI for mlflow.pyfunc
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = tracking.load_model(model_uri)
         return score(model.predict(registry.model_input(model, held_out[features])), held_out[target], metric)
 
     return evaluate

@@ -15,6 +15,8 @@ from serving.api.deps import CurrentUser, SettingsDep
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 DatasetId = Annotated[str, Path(pattern=datasets.DATASET_ID.pattern)]
 Version = Annotated[int | None, Query(ge=1, description="an uploaded version; latest when unset")]
+Offset = Annotated[int, Query(ge=0, description="first row of the page")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="rows in the page")]
 
 
 class Rows(BaseModel):
@@ -30,7 +32,7 @@ class Uploaded(datasets.DatasetInfo):
     dtypes: dict[str, str]
 
 
-def _http_error(exc: datasets.DatasetError) -> HTTPException:
+def http_error(exc: datasets.DatasetError) -> HTTPException:
     code = status.HTTP_404_NOT_FOUND if isinstance(exc, datasets.DatasetNotFound) else 422
     return HTTPException(status_code=code, detail=str(exc))
 
@@ -45,15 +47,15 @@ def list_datasets(_: CurrentUser) -> list[datasets.DatasetInfo]:
 def read_rows(
     dataset_id: DatasetId,
     _: CurrentUser,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Offset = 0,
+    limit: Limit = 100,
     version: Version = None,
 ) -> Rows:
     """A page of rows (missing values as null)."""
     try:
         frame = datasets.load(dataset_id, version)
     except datasets.DatasetError as exc:
-        raise _http_error(exc) from None
+        raise http_error(exc) from None
     page = frame.iloc[offset : offset + limit]
     return Rows(
         id=datasets.validate_id(dataset_id),
@@ -71,7 +73,7 @@ def read_summary(dataset_id: DatasetId, _: CurrentUser, version: Version = None)
     try:
         return _json_safe(datasets.summary(dataset_id, version))
     except datasets.DatasetError as exc:
-        raise _http_error(exc) from None
+        raise http_error(exc) from None
 
 
 def _json_safe(value: Any) -> Any:
@@ -103,6 +105,6 @@ def upload(
     try:
         info = datasets.save_upload(dataset_id, content, max_bytes=settings.api_max_upload_bytes)
     except datasets.DatasetError as exc:
-        raise _http_error(exc) from None
+        raise http_error(exc) from None
     dtypes = {str(k): str(v) for k, v in datasets.load(info.id, info.version).dtypes.items()}
     return Uploaded(**info.model_dump(), dtypes=dtypes)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Request, status
-from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from conveyor import registry
@@ -37,10 +36,9 @@ def predict(name: ModelName, body: PredictRequest, _: CurrentUser, request: Requ
         raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
     try:
         predictions = registry.predict_rows(model, body.inputs)
-    except (MlflowException, ValueError, TypeError, KeyError) as exc:
-        message = getattr(exc, "message", None) or str(exc)
+    except (ValueError, TypeError, KeyError) as exc:  # registry.SignatureMismatch is a ValueError
         raise HTTPException(
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"inputs do not match the signature of {name} v{version}: {message}"[:2000],
+            detail=f"inputs do not match the signature of {name} v{version}: {exc}"[:2000],
         ) from None
     return PredictResponse(name=name, version=version, predictions=predictions)

@@ -1,4 +1,4 @@
-"""The agents a router or a plan can name."""
+"""The agent catalogue: every agent a router or a plan can name, by name."""
 
 from __future__ import annotations
 
