@@ -1,25 +1,32 @@
-"""Router: sends a chat message to one agent (constrained JSON, keyword rules as check and fallback)."""
+"""Router: a classifier over sentence embeddings picks a chat message's agent; when its top probability is
+below `router_confidence_threshold`, the LLM chooses between the classifier's top two (constrained JSON).
+
+The classifier is `message-router@champion` from the model registry (flow `train-router`), its alias
+re-read at most every REFRESH_S seconds; while none is registered, one is trained in this process from
+agents/router_training.jsonl (a few seconds, logged).
+"""
 
 from __future__ import annotations
 
-import re
+import logging
+import threading
 import time
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, create_model
+from sklearn.linear_model import LogisticRegression
 
-from agents.catalog import AGENTS, agent_name_type
+from agents import router_model
+from agents.catalog import AGENTS
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
+from conveyor import registry
+from conveyor.settings import get_settings
 
-DEFAULT_AGENT = "research"
-KEYWORDS = {
-    "data": r"\.csv\b|\bdataset|\bcolumns?\b|\brows?\b|\baverage|\bmean\b|\bmedian|\btotal|\bstatistic|"
-    r"\bcorrelat|\bdistribution|\bsales\b|\brevenue|\bper (region|month|product|category)",
-    "code": r"\bcode\b|\bfunction|\bscript|\bpython\b|\bimplement|\bregex|\bclass\b|\bdef\b|\bbug\b|"
-    r"\btraceback|\bexception|\bunit tests?\b|\brefactor|\bsnippet",
-    "summary": r"\bsummar|\btl;?dr|\bshorten|\bcondense|\bkey points|\bin (brief|short)|\bgist\b|\brecap",
-}
-
+log = logging.getLogger(__name__)
+MODEL_NAME = "message-router"
+IN_PROCESS = "in-process"
+REFRESH_S = 30.0
 
 # Worked examples shown to the model (none of them is in router_cases.jsonl, the evaluation set).
 EXAMPLES = [
@@ -33,67 +40,111 @@ EXAMPLES = [
 
 
 class Route(BaseModel):
+    """Where a message goes and why. `method` is "classifier" when the classifier was sure, else
+    "classifier+llm": the LLM's `model_choice` decided, or, when it failed (`error`), the classifier's."""
+
     agent: str
-    method: Literal["llm", "llm+keywords", "keywords"]
+    method: Literal["classifier", "classifier+llm"]
+    score: float  # the classifier's top probability
     latency_s: float
+    classifier_version: str  # the registered version, or "in-process"
     model_choice: str | None = None
     error: str | None = None
 
 
-def keyword_counts(message: str) -> dict[str, int]:
-    return {agent: len(re.findall(pattern, message, re.IGNORECASE)) for agent, pattern in KEYWORDS.items()}
+class _Loaded(NamedTuple):
+    version: str
+    model: LogisticRegression
+    checked_at: float
 
 
-def keyword_route(message: str) -> str:
-    """Deterministic fallback: the agent whose keywords occur most often (research when none do)."""
-    counts = keyword_counts(message)
-    best = max(counts, key=lambda a: counts[a])
-    return best if counts[best] else DEFAULT_AGENT
+_loaded: _Loaded | None = None
+_lock = threading.Lock()
+
+
+def classifier() -> tuple[str, LogisticRegression]:
+    """(version, classifier): the registry's champion, or one trained here while there is none."""
+    global _loaded
+    with _lock:
+        now = time.monotonic()
+        if _loaded is None or now - _loaded.checked_at >= REFRESH_S:
+            _loaded = _refresh(_loaded, now)
+        return _loaded.version, _loaded.model
+
+
+def _refresh(loaded: _Loaded | None, now: float) -> _Loaded:
+    try:
+        version = registry.champion_version(MODEL_NAME)
+        if version is not None and (loaded is None or loaded.version != version):
+            version, model = registry.load_champion(MODEL_NAME)
+            return _Loaded(version, model.get_raw_model(), now)
+    except Exception as exc:  # MLflow raises many types for a store it cannot reach or a missing artifact
+        log.warning("router: cannot load %s@%s from the registry: %s", MODEL_NAME, registry.CHAMPION, exc)
+    if loaded is not None:
+        return loaded._replace(checked_at=now)
+    log.warning(
+        "router: no %s@%s in the registry; training a classifier in this process from %s "
+        "(the train-router flow registers one)",
+        MODEL_NAME,
+        registry.CHAMPION,
+        router_model.TRAINING_FILE,
+    )
+    training, _ = router_model.split(router_model.load_examples())
+    return _Loaded(IN_PROCESS, router_model.fit(training), now)
 
 
 class AgentChoice(BaseModel):
-    """The router's structured reply; `_choice_schema` narrows `agent` to the registered names."""
+    """The LLM's structured reply; `_choice_schema` narrows `agent` to the candidates."""
 
     agent: str
 
 
-def _choice_schema() -> type[AgentChoice]:
-    return create_model("AgentChoice", __base__=AgentChoice, agent=(agent_name_type(), ...))
+def _choice_schema(candidates: list[str]) -> type[AgentChoice]:
+    names: Any = Literal[tuple(candidates)]  # built at runtime: no static type
+    return create_model("AgentChoice", __base__=AgentChoice, agent=(names, ...))
 
 
-def route_prompt(message: str) -> list[dict]:
-    catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
+def route_prompt(message: str, candidates: list[str]) -> list[dict]:
+    catalogue = "\n".join(f"- {name}: {AGENTS[name].description}" for name in candidates)
     messages = [{"role": "system", "content": f"Route each message to one agent. Agents:\n{catalogue}"}]
     for example, agent in EXAMPLES:
-        messages += [
-            {"role": "user", "content": example},
-            {"role": "assistant", "content": f'{{"agent": "{agent}"}}'},
-        ]
+        if agent in candidates:
+            messages += [
+                {"role": "user", "content": example},
+                {"role": "assistant", "content": f'{{"agent": "{agent}"}}'},
+            ]
     return [*messages, {"role": "user", "content": message[:2000]}]
 
 
 def route(message: str) -> Route:
-    """Classify `message` to an agent name.
-
-    The model's choice stands unless the message has keywords of other agents and none of its own (the
-    code-tuned model over-picks "code"); when the model fails, keyword rules decide.
-    """
+    """The agent for `message`: the classifier's pick, or the LLM's between its top two when it is unsure."""
     started = time.perf_counter()
+    version, model = classifier()
+    probabilities = model.predict_proba(router_model.features([message]))[0]
+    order = np.argsort(-probabilities)
+    candidates = [str(model.classes_[i]) for i in order[:2]]
+    decision = Route(
+        agent=candidates[0],
+        method="classifier",
+        score=float(probabilities[order[0]]),
+        latency_s=0.0,
+        classifier_version=version,
+    )
+    if decision.score < get_settings().router_confidence_threshold:
+        decision = _ask_llm(message, candidates, decision)
+    decision.latency_s = time.perf_counter() - started
+    return decision
+
+
+def llm_choice(message: str, candidates: list[str]) -> str:
+    """The LLM's pick among `candidates` (LLMUnavailable or StructuredOutputError when it fails)."""
+    schema = _choice_schema(candidates)
+    return get_llm().structured(route_prompt(message, candidates), schema, max_tokens=20).agent
+
+
+def _ask_llm(message: str, candidates: list[str], decision: Route) -> Route:
     try:
-        choice = get_llm().structured(route_prompt(message), _choice_schema(), max_tokens=20).agent
+        choice = llm_choice(message, candidates)
     except (LLMUnavailable, StructuredOutputError) as exc:
-        return Route(
-            agent=keyword_route(message),
-            method="keywords",
-            latency_s=time.perf_counter() - started,
-            error=str(exc),
-        )
-    counts = keyword_counts(message)
-    if counts.get(choice, 0) == 0 and any(counts.values()):
-        return Route(
-            agent=keyword_route(message),
-            method="llm+keywords",
-            model_choice=choice,
-            latency_s=time.perf_counter() - started,
-        )
-    return Route(agent=choice, method="llm", model_choice=choice, latency_s=time.perf_counter() - started)
+        return decision.model_copy(update={"method": "classifier+llm", "error": str(exc)})
+    return decision.model_copy(update={"method": "classifier+llm", "agent": choice, "model_choice": choice})

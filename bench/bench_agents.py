@@ -1,4 +1,4 @@
-"""Agents benchmark: router accuracy and latency, embedded LLM tokens/s, end-to-end example task latency.
+"""Agents benchmark: embedded LLM tokens/s, end-to-end example task latency (the router: bench_router.py).
 
 Prints one JSON line per measurement. `python -m bench.bench_agents [--skip-e2e]`
 """
@@ -7,48 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from pathlib import Path
 
-from agents import router
 from agents.llm import get_llm
-
-CASES = Path(router.__file__).with_name("router_cases.jsonl")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def accuracy(picks: list[str | None], labels: list[str]) -> float:
-    return round(sum(p == t for p, t in zip(picks, labels, strict=True)) / len(labels), 3)
-
-
-def bench_router() -> dict:
-    cases = [json.loads(line) for line in CASES.read_text().splitlines()]
-    labels = [c["agent"] for c in cases]
-    routes = [router.route(c["message"]) for c in cases]
-    latencies = [r.latency_s for r in routes]
-    by_agent = {
-        agent: accuracy(
-            [r.agent for r, t in zip(routes, labels, strict=True) if t == agent],
-            [agent] * labels.count(agent),
-        )
-        for agent in sorted(set(labels))
-    }
-    return {
-        "bench": "router",
-        "messages": len(cases),
-        "accuracy": accuracy([r.agent for r in routes], labels),
-        "accuracy_model_only": accuracy([r.model_choice for r in routes], labels),
-        "accuracy_keywords_only": accuracy([router.keyword_route(c["message"]) for c in cases], labels),
-        "accuracy_by_agent": by_agent,
-        "fallbacks": sum(r.method == "keywords" for r in routes),
-        "latency_p50_s": round(statistics.median(latencies), 3),
-        "latency_p95_s": round(percentile(latencies, 0.95), 3),
-    }
 
 
 def bench_tokens(max_tokens: int = 128) -> dict:
@@ -93,7 +54,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end example task")
     args = parser.parse_args(argv or [])
     print(json.dumps(bench_tokens()), flush=True)
-    print(json.dumps(bench_router()), flush=True)
     if not args.skip_e2e:
         print(json.dumps(bench_example_task()), flush=True)
 

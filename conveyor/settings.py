@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     llm_threads: int = Field(1, ge=1)
     llm_context: int = Field(4096, ge=512)
     llm_timeout_s: float = Field(120.0, gt=0)
+    router_confidence_threshold: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="The router's classifier decides alone from this top probability; below it the LLM "
+        "picks between its top two (default measured by cross-validation: bench/bench_router.py).",
+    )
 
     # Sandbox for model-written code
     sandbox_isolation: Literal["bubblewrap", "process"] = Field(

@@ -19,6 +19,7 @@ from flows.evaluate_retrieval import evaluate_retrieval
 from flows.index_documents import IndexReport, index_documents
 from flows.run_agent_task import EXAMPLE_TASK, AgentRunSummary, run_agent_task
 from flows.train_model import TrainModelParams, train_model
+from flows.train_router import train_router
 from flows.train_tabular import TrainTabularParams, train_tabular
 from tasks.data_prep import prepare_data
 
@@ -59,6 +60,7 @@ def platform(options: PlatformOptions | None = None) -> PlatformSummary:
     if options.train:
         trained["train-tabular"] = train_tabular(params.train.tabular)
         trained["train-model"] = train_model(params.train.model)
+        trained["train-router"] = train_router()  # its input is agents/router_training.jsonl, not params.yaml
     agent_run = run_agent_task(task=options.agent_task) if options.agent_task else None
 
     summary = PlatformSummary(

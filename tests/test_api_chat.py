@@ -252,7 +252,7 @@ class TestModelDown:
             ready = httpx.get(f"{server.url}/ready", timeout=120)
             health = httpx.get(f"{server.url}/health")
         assert down.value.status_code == 503 and "unavailable" in down.value.message
-        for response in chats:  # routed by keywords to the summary agent, which needs the model
+        for response in chats:  # routed to the summary agent (by the classifier), which needs the model
             assert response.status_code == 503, response.text
             body = response.json()
             assert "unavailable" in body["detail"] and body["agent"] == "summary" and body["sources"] == []

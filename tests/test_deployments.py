@@ -24,6 +24,7 @@ FLOWS = {
     "run-agent-task": "flows/run_agent_task.py:run_agent_task",
     "train-model": "flows/train_model.py:train_model",
     "train-tabular": "flows/train_tabular.py:train_tabular",
+    "train-router": "flows/train_router.py:train_router",
     "federated-training": "flows/federated_training.py:federated_training",
     "platform": "flows/end_to_end.py:platform",
 }
