@@ -14,8 +14,10 @@ from pydantic import BaseModel
 from agents import memory
 from agents.base import AgentResult
 from agents.catalog import get_agent
-from agents.llm import LLMUnavailable
+from agents.llm import LLMUnavailable, identity
 from agents.router import route
+from conveyor import lineage, tracking
+from conveyor.lineage import Lineage
 
 log = logging.getLogger(__name__)
 HISTORY_TURNS = 6
@@ -27,6 +29,7 @@ class ChatReply(BaseModel):
     sources: list[dict]
     run_id: str | None = None
     error: str | None = None  # why the agent failed, when it did (its answer then explains it)
+    lineage: Lineage | None = None
 
 
 class ChatCancelled(Exception):
@@ -57,17 +60,28 @@ def history_text(history: list[dict]) -> str:
 
 
 def _run(message: str, history: list[dict], on_token=None) -> ChatReply:
+    """One answer, traced (a span for the route, the agent and within it each retrieval and LLM call) and
+    with its lineage."""
     started = time.perf_counter()
-    agent = get_agent(route(message).agent)
-    context = history_text(history)
-    if agent.streams and on_token:
-        result: AgentResult = agent.run(
-            agent.request(instruction=message, context=context), on_token=on_token
-        )
-    else:
-        result = agent(message, context)
-        if on_token:
-            on_token(result.answer)
+    with tracking.trace_answer("chat", {"message": message}) as trace, lineage.recording() as reads:
+        with tracking.span("route", "CHAIN", {"message": message}) as span:
+            routed = route(message)
+            span.set_outputs(routed.model_dump())
+        agent = get_agent(routed.agent)
+        context = history_text(history)
+        with tracking.span(f"agent:{agent.name}", "AGENT", {"instruction": message}) as span:
+            if agent.streams and on_token:
+                result: AgentResult = agent.run(
+                    agent.request(instruction=message, context=context), on_token=on_token
+                )
+            else:
+                result = agent(message, context)
+                if on_token:
+                    on_token(result.answer)
+            span.set_outputs({"ok": result.ok, "sources": len(result.sources), "error": result.error})
+        trace.set_outputs({"agent": agent.name, "answer": result.answer})
+    decision = lineage.RouteDecision(agent=routed.agent, method=routed.method, score=routed.score)
+    answer_lineage = lineage.build(reads, llm=identity(), router=decision, trace_id=trace.trace_id)
     try:
         run_id = memory.record(
             "agent",
@@ -82,7 +96,12 @@ def _run(message: str, history: list[dict], on_token=None) -> ChatReply:
         log.exception("could not record the chat run in agent memory")
         run_id = None
     chat_reply = ChatReply(
-        answer=result.answer, agent=agent.name, sources=result.sources, run_id=run_id, error=result.error
+        answer=result.answer,
+        agent=agent.name,
+        sources=result.sources,
+        run_id=run_id,
+        error=result.error,
+        lineage=answer_lineage,
     )
     if result.llm_unavailable:
         raise ChatUnavailable(chat_reply)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 
+from conveyor import tracking
+from conveyor.lineage import LanguageModel
 from conveyor.settings import ConfigurationError, get_settings
 
 if TYPE_CHECKING:
@@ -53,6 +55,10 @@ class LLM(Protocol):
     ) -> Generator[str, None, None]: ...
 
     def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T: ...
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens of `text` in the model's vocabulary; None when the backend cannot tell."""
+        ...
 
 
 def sha256_of(path: Path) -> str:
@@ -184,6 +190,9 @@ class EmbeddedLLM:
         )
         return parse_json(text, schema)
 
+    def count_tokens(self, text: str) -> int | None:
+        return len(self._llama.tokenize(text.encode(), add_bos=False, special=True))
+
 
 class OpenAICompatibleLLM:
     """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, OpenAI)."""
@@ -262,6 +271,9 @@ class OpenAICompatibleLLM:
                 self._create_json([hint, *messages], max_tokens, {"type": "json_object"}), schema
             )
 
+    def count_tokens(self, text: str) -> int | None:
+        return None  # the endpoint counts its own; streamed chunks are counted by TracedLLM
+
     def _create_json(self, messages: list[dict], max_tokens: int, response_format: ResponseFormat) -> str:
         response = self._client.chat.completions.create(
             model=self.name,
@@ -278,9 +290,85 @@ def _openai(messages: list[dict]) -> list[ChatCompletionMessageParam]:
     return cast("list[ChatCompletionMessageParam]", messages)
 
 
+class TracedLLM:
+    """A backend whose every call is an LLM span of the answer being traced (nothing outside one): prompt
+    characters, tokens generated (streamed chunks, or the backend's count), latency."""
+
+    def __init__(self, llm: LLM) -> None:
+        self._llm = llm
+        self.name = llm.name
+
+    def _span(self, call: str, messages: list[dict], max_tokens: int) -> tracking.Span:
+        prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        inputs = {"model": self.name, "prompt_chars": prompt_chars, "max_tokens": max_tokens}
+        return tracking.start_span(f"llm.{call}", "LLM", inputs)
+
+    def _end(
+        self,
+        span: tracking.Span,
+        started: float,
+        text: str,
+        tokens: int | None,
+        error: BaseException | None = None,
+    ) -> None:
+        outputs = {"chars": len(text), "tokens": tokens, "seconds": round(time.perf_counter() - started, 4)}
+        span.end(outputs, error=None if error is None else type(error).__name__)
+
+    def complete(self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2) -> str:
+        span, started = self._span("complete", messages, max_tokens), time.perf_counter()
+        try:
+            text = self._llm.complete(messages, max_tokens=max_tokens, temperature=temperature)
+        except Exception as exc:
+            self._end(span, started, "", None, exc)
+            raise
+        self._end(span, started, text, self._llm.count_tokens(text))
+        return text
+
+    def stream(
+        self, messages: list[dict], max_tokens: int = 256, temperature: float = 0.2
+    ) -> Generator[str, None, None]:
+        span, started = self._span("stream", messages, max_tokens), time.perf_counter()
+        chunks: list[str] = []
+        error: BaseException | None = None
+        try:
+            for chunk in self._llm.stream(messages, max_tokens=max_tokens, temperature=temperature):
+                if not chunks:
+                    span.set_attributes({"first_token_s": round(time.perf_counter() - started, 4)})
+                chunks.append(chunk)
+                yield chunk
+        except BaseException as exc:  # GeneratorExit too: a listener that went away ends the span
+            error = exc
+            raise
+        finally:
+            self._end(span, started, "".join(chunks), len(chunks), error)
+
+    def structured(self, messages: list[dict], schema: type[T], max_tokens: int = 256) -> T:
+        span, started = self._span("structured", messages, max_tokens), time.perf_counter()
+        try:
+            result = self._llm.structured(messages, schema, max_tokens=max_tokens)
+        except Exception as exc:
+            self._end(span, started, "", None, exc)
+            raise
+        text = result.model_dump_json()
+        self._end(span, started, text, self._llm.count_tokens(text))
+        return result
+
+    def count_tokens(self, text: str) -> int | None:
+        return self._llm.count_tokens(text)
+
+
+def identity() -> LanguageModel:
+    """The configured model as an answer's lineage names it: the pinned GGUF digest (the embedded backend
+    loads no other file) or the model id asked of the endpoint."""
+    settings = get_settings()
+    if settings.llm_backend == "embedded":
+        return LanguageModel(name=settings.llm_model, backend="embedded", sha256=MODEL_SHA256)
+    return LanguageModel(name=settings.llm_model, backend="openai", model_id=settings.llm_model)
+
+
 @cache
 def _backend(kind: str, base_url: str | None) -> LLM:
-    return EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM()
+    return TracedLLM(EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM())
 
 
 _backend_lock = threading.Lock()

@@ -60,16 +60,32 @@ class _Loaded(NamedTuple):
 
 _loaded: _Loaded | None = None
 _lock = threading.Lock()
+_refreshing = threading.Event()
 
 
 def classifier() -> tuple[str, LogisticRegression]:
-    """(version, classifier): the registry's champion, or one trained here while there is none."""
+    """(version, classifier): the registry's champion, or one trained here while there is none.
+
+    Only the first call waits for the registry; later alias checks run in the background, so a slow or
+    unreachable tracking server never holds a reply (the classifier in hand keeps routing)."""
     global _loaded
     with _lock:
-        now = time.monotonic()
-        if _loaded is None or now - _loaded.checked_at >= REFRESH_S:
-            _loaded = _refresh(_loaded, now)
+        if _loaded is None:
+            _loaded = _refresh(None, time.monotonic())
+        elif time.monotonic() - _loaded.checked_at >= REFRESH_S and not _refreshing.is_set():
+            _refreshing.set()
+            threading.Thread(target=_refresh_in_background, args=(_loaded,), daemon=True).start()
         return _loaded.version, _loaded.model
+
+
+def _refresh_in_background(current: _Loaded) -> None:
+    global _loaded
+    try:
+        fresh = _refresh(current, time.monotonic())
+        with _lock:
+            _loaded = fresh
+    finally:
+        _refreshing.clear()
 
 
 def _refresh(loaded: _Loaded | None, now: float) -> _Loaded:

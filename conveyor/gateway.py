@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import cache
 from typing import Any
 
 import numpy as np
+from lancedb.table import Table
 from pydantic import BaseModel, Field
 
-from conveyor import knowledge, retrieval
+from conveyor import knowledge, lineage, retrieval, tracking
 from conveyor.embeddings import embed
+from conveyor.lineage import DomainRead
 from conveyor.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -61,10 +65,12 @@ class Passage(BaseModel):
 
 
 class SearchResult(BaseModel):
-    """Ranked passages from the domains that answered, and the domains that did not."""
+    """Ranked passages from the domains that answered, the table version read in each, and the domains
+    that did not answer."""
 
     passages: list[Passage]
     failed_domains: list[DomainFailure] = Field(default_factory=list)
+    reads: list[DomainRead] = Field(default_factory=list)
 
 
 def list_domains() -> list[str]:
@@ -118,24 +124,51 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {first_line}"[:MAX_ERROR_CHARS]
 
 
+def _open(domain: str) -> tuple[Table, DomainRead]:
+    """The domain's table as of now (every pass of the query reads this version), what it is, and the
+    index run that wrote it."""
+    table = retrieval.open_table(domain)
+    version = table.version
+    run_id = knowledge.index_run_id(table, version)
+    return table, DomainRead(domain=domain, table=table.name, version=version, index_flow_run_id=run_id)
+
+
 class _FanOut:
-    """One query's per-domain jobs, submitted by the caller only; each pass gives a domain `timeout_s`."""
+    """One query's per-domain jobs, submitted by the caller only; each pass gives a domain `timeout_s`.
+
+    `open` pins each domain's table version first; the passes then search those tables."""
 
     def __init__(self, timeout_s: float):
         self.timeout_s = timeout_s
         self.failed: dict[str, str] = {}
+        self.opened: dict[str, tuple[Table, DomainRead]] = {}
+        self.timings: list[tuple[str, int, int]] = []  # (domain, start, end) of each finished job, in ns
 
-    def submit(self, function, domains: list[str], *args) -> dict[str, Future]:
-        """`function(domain, *args)` for every domain that has not failed yet."""
-        return {d: _pool(d).submit(function, d, *args) for d in domains if d not in self.failed}
+    def open(self, domains: list[str]) -> None:
+        [self.opened] = self.gather({d: _pool(d).submit(self._timed, _open, d) for d in domains})
 
-    def gather(self, *passes: dict[str, Future]) -> list[dict[str, list[retrieval.Candidate]]]:
-        """Each pass's candidates per domain, waiting `timeout_s` at most; a job that raised or did not
+    def submit(self, function: Callable[..., list[retrieval.Candidate]], *args) -> dict[str, Future]:
+        """`function(domain, *args, table=...)` on every opened domain that has not failed yet."""
+        return {
+            d: _pool(d).submit(self._timed, function, d, *args, table=table)
+            for d, (table, _) in self.opened.items()
+            if d not in self.failed
+        }
+
+    def _timed(self, function: Callable, domain: str, *args, **kwargs) -> Any:
+        started = time.time_ns()
+        try:
+            return function(domain, *args, **kwargs)
+        finally:
+            self.timings.append((domain, started, time.time_ns()))
+
+    def gather(self, *passes: dict[str, Future]) -> list[dict[str, Any]]:
+        """Each pass's results per domain, waiting `timeout_s` at most; a job that raised or did not
         finish in time fails its domain (the passes gathered together share the wait)."""
         wait([job for jobs in passes for job in jobs.values()], timeout=self.timeout_s)
         return [self._results(jobs) for jobs in passes]
 
-    def _results(self, jobs: dict[str, Future]) -> dict[str, list[retrieval.Candidate]]:
+    def _results(self, jobs: dict[str, Future]) -> dict[str, Any]:
         found = {}
         for domain, job in jobs.items():
             if not job.done():
@@ -155,10 +188,32 @@ class _FanOut:
     def failures(self, names: list[str]) -> list[DomainFailure]:
         return [DomainFailure(domain=d, error=self.failed[d]) for d in names if d in self.failed]
 
+    def reads(self) -> list[DomainRead]:
+        return [read for d, (_, read) in self.opened.items() if d not in self.failed]
+
     def _fail(self, domain: str, error: str) -> None:
         if domain not in self.failed:
             log.warning("gateway: domain %r failed: %s", domain, error)
             self.failed[domain] = error
+
+    def trace(self, names: list[str], started: int, passages: list[Passage]) -> None:
+        """One span per domain in the answer's trace: its jobs' time, the version read, and its passages'
+        ids and scores (or why it failed)."""
+        for domain in names:
+            times = [(start, end) for d, start, end in self.timings if d == domain]
+            span = tracking.start_span(
+                f"retrieve:{domain}",
+                "RETRIEVER",
+                inputs=self.opened[domain][1].model_dump() if domain in self.opened else {"domain": domain},
+                start_ns=min((start for start, _ in times), default=started),
+            )
+            hits = [
+                {"doc_id": p.doc_id, "chunk_id": p.chunk_id, "score": p.score}
+                for p in passages
+                if p.domain == domain
+            ]
+            end = max((end for _, end in times), default=None)
+            span.end({"passages": hits}, error=self.failed.get(domain), end_ns=end)
 
 
 def _feedback_vector(vector: np.ndarray, top: list[retrieval.Candidate]) -> np.ndarray:
@@ -168,34 +223,50 @@ def _feedback_vector(vector: np.ndarray, top: list[retrieval.Candidate]) -> np.n
 
 
 def retrieve(query: str, domains: list[str] | None = None, k: int = 10) -> SearchResult:
-    """The `k` best documents for `query` across `domains` (default: all), each as its best passage, and
-    the domains that failed or did not answer a pass within `gateway_domain_timeout_s`.
+    """The `k` best documents for `query` across `domains` (default: all), each as its best passage, the
+    table version read in each domain, and the domains that failed or did not answer a pass within
+    `gateway_domain_timeout_s`.
 
-    Dense and full-text candidates of every domain are fetched in parallel and pooled, so scores are
-    comparable across domains; the fused top documents then refine the dense query (pseudo-relevance
-    feedback) for a second dense pass that is fused with the same full-text candidates. A failed domain
-    contributes nothing; when every domain fails, DomainsUnavailableError names them all.
+    Each domain's table is opened once, so every pass reads the same version. Dense and full-text
+    candidates of every domain are fetched in parallel and pooled, so scores are comparable across domains;
+    the fused top documents then refine the dense query (pseudo-relevance feedback) for a second dense pass
+    that is fused with the same full-text candidates. A failed domain contributes nothing; when every domain
+    fails, DomainsUnavailableError names them all. Within a traced answer, the query is a span with one
+    child per domain; within a recorded lineage, the versions read are noted.
     """
     names = _check(query, domains, k)
     if not names:
         return SearchResult(passages=[])
+    with tracking.span("retrieve", "RETRIEVER", {"query": query, "domains": names, "k": k}) as span:
+        found = _retrieve(query, names, k)
+        failed = [failure.model_dump() for failure in found.failed_domains]
+        span.set_outputs({"passages": [p.doc_id for p in found.passages], "failed_domains": failed})
+    lineage.note_reads(found.reads)
+    return found
+
+
+def _retrieve(query: str, names: list[str], k: int) -> SearchResult:
     settings = get_settings()
+    started = time.time_ns()
     depth = retrieval.candidate_depth(k)
     vector = embed([query])[0]
     fan_out = _FanOut(settings.gateway_domain_timeout_s)
-    text_jobs = fan_out.submit(retrieval.text_candidates, names, query, depth)
-    dense_jobs = fan_out.submit(retrieval.dense_candidates, names, vector, depth)
+    fan_out.open(names)
+    text_jobs = fan_out.submit(retrieval.text_candidates, query, depth)
+    dense_jobs = fan_out.submit(retrieval.dense_candidates, vector, depth)
     text_found, dense_found = fan_out.gather(text_jobs, dense_jobs)
     fusion = settings.retrieval_fusion
     fused = retrieval.fuse(fan_out.pooled(dense_found), fan_out.pooled(text_found), fusion)
     if settings.retrieval_feedback_docs and fused:
         moved = _feedback_vector(vector, fused[: settings.retrieval_feedback_docs])
-        [dense_found] = fan_out.gather(fan_out.submit(retrieval.dense_candidates, names, moved, depth))
+        [dense_found] = fan_out.gather(fan_out.submit(retrieval.dense_candidates, moved, depth))
         fused = retrieval.fuse(fan_out.pooled(dense_found), fan_out.pooled(text_found), fusion)
     failures = fan_out.failures(names)
+    passages = [_passage(c) for c in fused[:k]]
+    fan_out.trace(names, started, passages)
     if len(failures) == len(names):
         raise DomainsUnavailableError(failures)
-    return SearchResult(passages=[_passage(c) for c in fused[:k]], failed_domains=failures)
+    return SearchResult(passages=passages, failed_domains=failures, reads=fan_out.reads())
 
 
 def search(query: str, domains: list[str] | None = None, k: int = 10) -> list[Passage]:

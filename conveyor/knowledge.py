@@ -20,6 +20,10 @@ TABLE_PREFIX = "domain_"
 SEARCH_COLUMN = "search_text"
 TEXT_INDEX = f"{SEARCH_COLUMN}_idx"
 VECTOR_INDEX = "vector_idx"
+RUN_TAG = "index-run-"  # + the Prefect flow run id, on the table version that run committed
+INDEX_RUNS_KEPT = 20  # index runs whose versions stay readable (answers' lineage); older tags are dropped
+UNTAGGED_VERSIONS_KEPT = timedelta(days=1)
+NO_PRUNING = timedelta(days=36_500)  # `optimize` prunes as well: this window leaves that to `_prune`
 PAYLOAD_COLUMNS = ["chunk_id", "doc_id", "chunk_index", "title", "section", "text", "metadata"]
 
 
@@ -125,29 +129,69 @@ def in_list(column: str, values: list[str]) -> str:
 
 
 def apply_changes(
-    domain: str, rows: pa.Table | None, replace_doc_ids: list[str], delete_doc_ids: list[str]
+    domain: str,
+    rows: pa.Table | None,
+    replace_doc_ids: list[str],
+    delete_doc_ids: list[str],
+    run_id: str | None = None,
 ) -> int:
     """Upsert `rows` and drop the old chunks of replaced and deleted documents in ONE commit, so a
-    crash leaves the previous version intact; returns the table version after the commit."""
+    crash leaves the previous version intact; returns the table version after the commit, tagged with
+    the index run `run_id` that wrote it."""
     table = open_domain(domain)
     if table is None:
         if rows is None:
             return 0
-        return connect().create_table(table_name(domain), data=rows, schema=rows.schema).version
-    gone = sorted(set(replace_doc_ids) | set(delete_doc_ids))
-    if rows is not None and rows.num_rows:
-        merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-        if gone:
-            merge = merge.when_not_matched_by_source_delete(in_list("doc_id", gone))
-        merge.execute(rows)
-    elif gone:
-        table.delete(in_list("doc_id", gone))
+        table = connect().create_table(table_name(domain), data=rows, schema=rows.schema)
+    else:
+        gone = sorted(set(replace_doc_ids) | set(delete_doc_ids))
+        if rows is not None and rows.num_rows:
+            merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+            if gone:
+                merge = merge.when_not_matched_by_source_delete(in_list("doc_id", gone))
+            merge.execute(rows)
+        elif gone:
+            table.delete(in_list("doc_id", gone))
+        else:
+            return table.version
+    if run_id is not None:
+        tag = RUN_TAG + run_id
+        if tag in table.tags.list():  # a retried run: its tag moves to the version it committed last
+            table.tags.update(tag, table.version)
+        else:
+            table.tags.create(tag, table.version)
     return table.version
+
+
+def _run_tags(table: lancedb.table.Table) -> dict[int, str]:
+    """Table version -> id of the index run that committed it, for the versions still tagged."""
+    return {
+        tag["version"]: name.removeprefix(RUN_TAG)
+        for name, tag in table.tags.list().items()
+        if name.startswith(RUN_TAG)
+    }
+
+
+def index_run_id(table: lancedb.table.Table, version: int) -> str | None:
+    """The index run that wrote `version` of a domain's table: the one that tagged it, or else the newest
+    tagged version before it (index upkeep adds versions of the same rows); None when no kept tag says."""
+    runs = _run_tags(table)
+    written = [tagged for tagged in runs if tagged <= version]
+    return runs[max(written)] if written else None
+
+
+def _prune(table: lancedb.table.Table) -> None:
+    """Keep the versions of the last INDEX_RUNS_KEPT index runs (tagged) and any version younger than
+    UNTAGGED_VERSIONS_KEPT; the rest of the table's history is deleted."""
+    runs = _run_tags(table)
+    for version in sorted(runs, reverse=True)[INDEX_RUNS_KEPT:]:
+        table.tags.delete(RUN_TAG + runs[version])
+    table.to_lance().cleanup_old_versions(UNTAGGED_VERSIONS_KEPT, error_if_tagged_old_versions=False)
 
 
 def refresh_indexes(domain: str) -> dict[str, int]:
     """Make every row full-text searchable (build or incrementally update the FTS index), add an ANN vector
-    index once the domain is large enough for it to pay, compact, drop versions older than a day; returns
+    index once the domain is large enough for it to pay, compact, drop old versions (`_prune`); returns
     row, full-text index coverage and version figures."""
     table = open_domain(domain)
     if table is None:
@@ -159,7 +203,8 @@ def refresh_indexes(domain: str) -> dict[str, int]:
     if VECTOR_INDEX not in existing and rows >= get_settings().vector_index_min_rows:
         table.create_index("vector", config=HnswSq(distance_type="cosine"), name=VECTOR_INDEX)
     if existing:  # folds rows added since into the existing indexes
-        table.optimize(cleanup_older_than=timedelta(days=1))
+        table.optimize(cleanup_older_than=NO_PRUNING)  # its pruning would fail on old tagged versions
+    _prune(table)
     stats = table.index_stats(TEXT_INDEX)
     return {
         "rows": rows,

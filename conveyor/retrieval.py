@@ -4,10 +4,12 @@ dense pseudo-relevance feedback (Rocchio on embeddings)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pyarrow as pa
+from lancedb.query import LanceVectorQueryBuilder
+from lancedb.table import Table
 
 from conveyor import knowledge
 
@@ -48,7 +50,7 @@ def _rows(found: pa.Table) -> list[dict]:
     return [row | {"vector": vector} for row, vector in zip(rows, matrix, strict=True)]
 
 
-def _table(domain: str):
+def open_table(domain: str) -> Table:
     """The domain's table at its latest version; LookupError when it has none (e.g. dropped meanwhile)."""
     table = knowledge.open_domain(domain)
     if table is None:
@@ -56,11 +58,14 @@ def _table(domain: str):
     return table
 
 
-def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[Candidate]:
-    """Documents by the cosine similarity of their best chunk to the query."""
+def dense_candidates(
+    domain: str, query_vector: np.ndarray, depth: int, table: Table | None = None
+) -> list[Candidate]:
+    """Documents by the cosine similarity of their best chunk to the query, in `table` (the version a
+    caller opened) or else the domain's latest version."""
+    search = (table if table is not None else open_table(domain)).search(query_vector, "vector")
     rows = (
-        _table(domain)
-        .search(query_vector, vector_column_name="vector")
+        cast(LanceVectorQueryBuilder, search)  # what a vector query gives
         .distance_type("cosine")
         .select([*CANDIDATE_COLUMNS, "_distance"])
         .limit(depth)
@@ -69,10 +74,11 @@ def dense_candidates(domain: str, query_vector: np.ndarray, depth: int) -> list[
     return _best_per_document(domain, _rows(rows), [1.0 - d for d in rows["_distance"].to_pylist()])
 
 
-def text_candidates(domain: str, query: str, depth: int) -> list[Candidate]:
-    """Documents by the BM25 score of their best chunk (LanceDB native full-text index)."""
+def text_candidates(domain: str, query: str, depth: int, table: Table | None = None) -> list[Candidate]:
+    """Documents by the BM25 score of their best chunk (LanceDB native full-text index), in `table` or
+    else the domain's latest version."""
     rows = (
-        _table(domain)
+        (table if table is not None else open_table(domain))
         .search(query, query_type="fts", fts_columns=knowledge.SEARCH_COLUMN)
         .select([*CANDIDATE_COLUMNS, "_score"])
         .limit(depth)

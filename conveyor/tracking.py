@@ -1,19 +1,24 @@
 """The one door to MLflow: tracking URI, experiments, runs tagged with their Prefect and git provenance,
-and what the runs record (params, metrics, inputs, artifacts, models)."""
+what the runs record (params, metrics, inputs, artifacts, models), and the traces of answers."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+import httpx
 import mlflow
 from mlflow.data.pandas_dataset import from_pandas
-from mlflow.entities import Metric
+from mlflow.entities import LiveSpan, Metric, NoOpSpan
+from mlflow.entities.trace_location import MlflowExperimentLocation
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
@@ -25,6 +30,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from sklearn.base import BaseEstimator
     from torch import nn
+
+log = logging.getLogger(__name__)
+TRACE_EXPERIMENT = "chat"
+TRACE_STORE_RECHECK_S = 60.0  # how long a verdict on the tracking store stands
+TRACE_STORE_PROBE_S = 2.0
 
 
 def _configured_uri(uri: str) -> str:
@@ -213,3 +223,142 @@ def download_artifact(run_id: str, artifact_path: str, dst_dir: str) -> str:
         )
     except MlflowException as exc:
         raise FileNotFoundError(exc.message) from None
+
+
+class _TraceStore:
+    """Whether answers can be traced: the trace experiment's id while the tracking store answers, else None.
+
+    One caller at a time probes the store (at most once a minute per URI, with a short timeout); the others
+    use the last verdict meanwhile, so a store that is down never holds up an answer. A change of verdict is
+    logged once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._verdicts: dict[str, tuple[float, str | None]] = {}
+
+    def experiment(self) -> str | None:
+        uri = get_settings().tracking_uri
+        known = uri in self._verdicts
+        checked_at, experiment = self._verdicts.get(uri, (float("-inf"), None))
+        if time.monotonic() - checked_at < TRACE_STORE_RECHECK_S or not self._lock.acquire(blocking=False):
+            return experiment
+        try:
+            fresh = self._probe(uri)
+            if fresh is None and (experiment is not None or not known):
+                log.warning("answers are not traced: MLflow at %s is unreachable", _public(uri))
+            elif fresh is not None and experiment is None and known:
+                log.info("answers are traced again: MLflow at %s answers", _public(uri))
+            self._verdicts[uri] = (time.monotonic(), fresh)
+            return fresh
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def _probe(uri: str) -> str | None:
+        try:
+            if uri.startswith(("http://", "https://")):  # MLflow's own client retries for minutes
+                httpx.get(f"{uri.rstrip('/')}/health", timeout=TRACE_STORE_PROBE_S).raise_for_status()
+            return experiment_id(TRACE_EXPERIMENT)
+        except Exception as exc:  # any failure of the store means: no tracing for now
+            log.debug("tracking store probe failed: %s", exc)
+            return None
+
+
+_trace_store = _TraceStore()
+
+
+def _public(uri: str) -> str:
+    """`uri` without credentials."""
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    return parts._replace(netloc=f"{parts.hostname}{f':{parts.port}' if parts.port else ''}").geturl()
+
+
+class Span:
+    """A span of the answer being traced; every method does nothing when there is none."""
+
+    def __init__(self, live: LiveSpan | None = None) -> None:
+        self._live = None if isinstance(live, NoOpSpan) else live
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._live.trace_id if self._live is not None else None
+
+    def set_outputs(self, outputs: dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.set_outputs(outputs)
+
+    def set_attributes(self, attributes: dict[str, Any]) -> None:
+        if self._live is not None:
+            self._live.set_attributes(attributes)
+
+    def end(
+        self, outputs: dict[str, Any] | None = None, error: str | None = None, end_ns: int | None = None
+    ) -> None:
+        """End a span from `start_span` (an `error` marks it failed)."""
+        if self._live is not None:
+            self._live.end(outputs=outputs, status="ERROR" if error else "OK", end_time_ns=end_ns)
+
+
+@contextmanager
+def trace_answer(name: str, inputs: dict[str, Any]) -> Iterator[Span]:
+    """The root span of one answer's trace (experiment `chat`), or a Span that does nothing while the
+    tracking store is unreachable; traces are written in the background."""
+    experiment = _trace_store.experiment()
+    if experiment is None:
+        yield Span()
+        return
+    location = MlflowExperimentLocation(experiment_id=experiment)
+    with mlflow.start_span(name, span_type="AGENT", trace_destination=location) as live:
+        live.set_inputs(inputs)
+        yield Span(live)
+
+
+@contextmanager
+def tracing_disabled() -> Iterator[None]:
+    """No answer is traced inside the block, in any thread (benchmarks compare answers with and without)."""
+    mlflow.tracing.disable()
+    try:
+        yield
+    finally:
+        mlflow.tracing.enable()
+
+
+@contextmanager
+def span(name: str, kind: str, inputs: dict[str, Any] | None = None) -> Iterator[Span]:
+    """A child span of the current one around the block (spans started inside nest under it); nothing
+    outside a traced answer. `kind`: an MLflow span type (CHAIN, AGENT, RETRIEVER, LLM...)."""
+    if mlflow.get_current_active_span() is None:
+        yield Span()
+        return
+    with mlflow.start_span(name, span_type=kind) as live:
+        if inputs is not None:
+            live.set_inputs(inputs)
+        yield Span(live)
+
+
+def start_span(
+    name: str, kind: str, inputs: dict[str, Any] | None = None, start_ns: int | None = None
+) -> Span:
+    """A child span of the current one that the caller ends with `Span.end`: for generators and for work
+    timed in other threads; nothing outside a traced answer."""
+    parent = mlflow.get_current_active_span()
+    if parent is None:
+        return Span()
+    return Span(
+        mlflow.start_span_no_context(
+            name, span_type=kind, parent_span=parent, inputs=inputs, start_time_ns=start_ns
+        )
+    )
+
+
+def trace_url(trace_id: str) -> str | None:
+    """The MLflow UI page of an answer's trace (for a database store, the `make up` server on it)."""
+    experiment = _trace_store.experiment()
+    if experiment is None:
+        return None
+    uri = get_settings().tracking_uri
+    base = _public(uri) if uri.startswith(("http://", "https://")) else None
+    base = base or f"http://127.0.0.1:{get_settings().mlflow_port}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/traces?selectedTraceId={trace_id}"

@@ -23,6 +23,7 @@ runtime.configure()  # the API process's entry point: before prefect and transfo
 
 from agents.llm import get_llm, reset_llm
 from conveyor.embeddings import embed
+from conveyor.lineage import data_revision, embedding_model
 from conveyor.settings import Settings, get_settings
 from serving import crud
 from serving.api.errors import add_error_handlers, error_response
@@ -34,6 +35,7 @@ from serving.api.routes import (
     datasets,
     flows,
     health,
+    lineage,
     models,
     openai,
     rag,
@@ -61,8 +63,11 @@ def _configure_logging() -> None:
 
 
 def _load_models() -> None:
-    """Load the models once before serving, so the first requests don't each wait for (or start) a load."""
+    """Load the models once before serving, so the first requests don't each wait for (or start) a load;
+    hash the embedding weights and read the data revision for answers' lineage."""
     embed(["warm-up"])
+    embedding_model()
+    data_revision()
     try:
         get_llm()
     except Exception as exc:  # the API still serves everything else; /ready reports the model
@@ -112,7 +117,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("the rate-limit store failed: %s", exc)
         return error_response(request, 503, "the rate-limit store is unavailable; retry shortly")
 
-    for module in (health, auth, users, chat, conversations, openai, rag, flows, runs, datasets, models):
+    for module in (
+        health,
+        auth,
+        users,
+        chat,
+        conversations,
+        lineage,
+        openai,
+        rag,
+        flows,
+        runs,
+        datasets,
+        models,
+    ):
         app.include_router(module.router)
     app.include_router(compat.router)  # last: GET /users/me stays ahead of its GET /users/{user_id}
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -129,6 +129,7 @@ def record_turn(
     agent: str | None,
     sources: list[dict],
     run_id: str | None,
+    lineage: dict | None = None,
 ) -> None:
     session.add(Message(conversation_id=conversation.id, role="user", content=question))
     session.add(
@@ -139,7 +140,21 @@ def record_turn(
             agent=agent,
             sources=sources,
             run_id=run_id,
+            answer_id=lineage["answer_id"] if lineage else None,
+            lineage=lineage,
         )
     )
     conversation.updated_at = datetime.now(UTC)
     session.commit()
+
+
+def get_answer(session: Session, user: User, answer_id: str) -> Message:
+    """The user's stored answer; LookupError if there is none or it is in someone else's conversation."""
+    message = session.scalar(
+        select(Message)
+        .join(Conversation)
+        .where(Message.answer_id == answer_id, Conversation.user_id == user.id)
+    )
+    if message is None:
+        raise LookupError(f"no answer {answer_id!r}")
+    return message

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import ClassVar
 from uuid import uuid4
 
-from sqlalchemy import JSON, Engine, ForeignKey, String, Table, Text, create_engine, event
+from sqlalchemy import JSON, Engine, ForeignKey, String, Table, Text, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+log = logging.getLogger("conveyor.api")
 
 
 def _now() -> datetime:
@@ -59,6 +62,8 @@ class Message(Base):
     agent: Mapped[str | None] = mapped_column(String(64))
     sources: Mapped[list | None] = mapped_column(JSON)
     run_id: Mapped[str | None] = mapped_column(String(64))
+    answer_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
+    lineage: Mapped[dict | None] = mapped_column(JSON)  # conveyor.lineage.Lineage of an answer
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -96,7 +101,31 @@ def make_engine(url: str) -> Engine:
     ):
         with attempt:
             Base.metadata.create_all(engine)
+            _add_new_columns(engine)
     return engine
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """Add to a database made by an older version the (nullable) columns its tables lack, with their
+    indexes: existing rows keep their data and read null there."""
+    inspector = inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        added = [column for column in table.columns if column.name not in present]
+        if not added:
+            continue
+        with engine.begin() as connection:
+            for column in added:
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.execute(
+                    text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                )
+                log.info("database: added column %s.%s (the database predates it)", table.name, column.name)
+            names = {column.name for column in added}
+            for index in table.indexes:
+                if names & {column.name for column in index.columns}:
+                    index.create(connection, checkfirst=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -19,6 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel, Field
 
@@ -187,12 +188,13 @@ def embed_batch(batch: str) -> str:
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def commit_changes(domain: str, embedded: list[str], plan: ChangePlan) -> int:
-    """Apply every insert, replacement and delete in one table commit; returns the new table version."""
+    """Apply every insert, replacement and delete in one table commit, tagged with this flow run's id;
+    returns the new table version."""
     if not embedded and not plan.deleted:
         table = knowledge.open_domain(domain)
         return table.version if table is not None else 0
     rows = pa.concat_tables([pq.read_table(path) for path in embedded]) if embedded else None
-    return knowledge.apply_changes(domain, rows, plan.updated, plan.deleted)
+    return knowledge.apply_changes(domain, rows, plan.updated, plan.deleted, run_id=flow_run.id)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)

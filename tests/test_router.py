@@ -3,11 +3,13 @@ happens when it is down), training in-process while nothing is registered, and t
 
 import hashlib
 import logging
+import threading
 from collections import Counter
 from difflib import SequenceMatcher
 
 import numpy as np
 import pytest
+import tenacity
 
 from agents import router, router_model
 from agents.catalog import AGENTS
@@ -131,6 +133,23 @@ class TestRoute:
             decision = router.route(CLEAR)
         assert decision.classifier_version == router.IN_PROCESS and decision.agent == "code"
         assert "training a classifier in this process" in caplog.text
+
+    def test_a_slow_registry_never_holds_a_reply(self, monkeypatch):
+        """Once a classifier is loaded, alias checks run in the background: a tracking server that hangs
+        (here: the check waits on an event) leaves routing to the classifier in hand."""
+        version, _ = router.classifier()
+        release = threading.Event()
+        monkeypatch.setattr(registry, "champion_version", lambda name: release.wait(120) and None)
+        monkeypatch.setattr(router, "REFRESH_S", 0.0)
+        try:
+            decision = router.route(CLEAR)
+            assert router._refreshing.is_set(), "the reply came only after the alias check"
+            assert decision.classifier_version == version and decision.agent == "code"
+        finally:
+            release.set()
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.1)):
+            with attempt:
+                assert not router._refreshing.is_set()
 
 
 class TestTrainRouterFlow:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from agents import chat as agent_chat
 from agents.llm import LLMUnavailable
+from conveyor.lineage import Lineage
 from serving import crud
 from serving.api.deps import CurrentUser, SessionDep, SettingsDep
 from serving.core import metrics
@@ -43,6 +44,7 @@ class ChatResponse(BaseModel):
     sources: list[dict[str, Any]]
     conversation_id: str
     run_id: str | None = None
+    lineage: Lineage | None = Field(None, description="What produced the answer; `GET /lineage/{answer_id}`.")
 
 
 def _open(session: Session, user: User, body: ChatRequest) -> tuple[Conversation, list[dict]]:
@@ -54,7 +56,7 @@ def _open(session: Session, user: User, body: ChatRequest) -> tuple[Conversation
 
 
 def _reply_fields(reply: Any) -> dict[str, Any]:
-    """answer/agent/sources/run_id of a ChatReply (or of a final event's dict)."""
+    """answer/agent/sources/run_id/lineage of a ChatReply (or of a final event's dict)."""
     data = reply.model_dump() if isinstance(reply, BaseModel) else dict(reply)
     run_id = data.get("run_id")
     return {
@@ -62,6 +64,7 @@ def _reply_fields(reply: Any) -> dict[str, Any]:
         "agent": str(data.get("agent", "")),
         "sources": list(data.get("sources") or []),
         "run_id": None if run_id is None else str(run_id),
+        "lineage": data.get("lineage"),
     }
 
 
@@ -69,7 +72,7 @@ def _reply_fields(reply: Any) -> dict[str, Any]:
 async def chat(
     body: ChatRequest, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ) -> ChatResponse:
-    """Route the message to an agent and return its answer, sources and the conversation id."""
+    """Route the message to an agent and return its answer, sources, conversation id and lineage."""
     conversation, history = await run_in_threadpool(_open, session, user, body)
     reply = _reply_fields(
         await call_blocking(agent_chat.reply, body.message, history, timeout=settings.llm_timeout_s)
@@ -86,7 +89,8 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 async def chat_stream(
     body: ChatRequest, user: CurrentUser, session: SessionDep, settings: SettingsDep, request: Request
 ) -> EventSourceResponse:
-    """Stream the answer: `meta`, then `token` events, then `final` (answer, agent, sources) or `error`."""
+    """Stream the answer: `meta`, then `token` events, then `final` (answer, agent, sources, lineage) or
+    `error`."""
     conversation, history = await run_in_threadpool(_open, session, user, body)
     events = iterate_blocking(lambda: agent_chat.stream_reply(body.message, history), settings.llm_timeout_s)
     first = await anext(events, None)  # an unavailable or silent model fails the request with 503/504 here

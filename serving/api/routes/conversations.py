@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving import crud
 from serving.api.deps import CurrentUser, SessionDep
@@ -33,6 +33,7 @@ class MessageOut(BaseModel):
     agent: str | None
     sources: list[dict[str, Any]] | None
     run_id: str | None
+    lineage: dict[str, Any] | None = Field(description="What produced an answer (null for older answers).")
     created_at: datetime
 
 

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, Field, StringConstraints
 
-from conveyor import gateway, knowledge
+from conveyor import gateway, knowledge, lineage
+from conveyor.lineage import Lineage
 from flows.index_documents import index_documents
 from serving import runs
 from serving.api.deps import CurrentUser, SettingsDep
@@ -30,6 +31,7 @@ class QueryResponse(BaseModel):
     failed_domains: list[gateway.DomainFailure] = Field(
         default_factory=list, description="domains that failed or timed out; passages come from the others"
     )
+    lineage: Lineage = Field(description="The table versions read and the embedding model.")
 
 
 class Document(BaseModel):
@@ -57,8 +59,8 @@ def list_domains(_: CurrentUser) -> list[str]:
     responses={404: {"description": "unknown domain"}, 503: {"description": "no domain could be searched"}},
 )
 def query(body: QueryRequest, _: CurrentUser) -> QueryResponse:
-    """Hybrid retrieval over the requested domains (or all), merged and ranked; domains that failed or
-    timed out are listed in `failed_domains` while the others answer."""
+    """Hybrid retrieval over the requested domains (or all), merged and ranked, with the table versions
+    read; domains that failed or timed out are listed in `failed_domains` while the others answer."""
     try:
         found = gateway.retrieve(body.query, domains=body.domains, k=body.k)
     except gateway.UnknownDomainError as exc:
@@ -67,7 +69,12 @@ def query(body: QueryRequest, _: CurrentUser) -> QueryResponse:
         raise HTTPException(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
     except gateway.DomainsUnavailableError as exc:
         raise HTTPException(status_code=status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from None
-    return QueryResponse(query=body.query, passages=found.passages, failed_domains=found.failed_domains)
+    return QueryResponse(
+        query=body.query,
+        passages=found.passages,
+        failed_domains=found.failed_domains,
+        lineage=lineage.build(found.reads),
+    )
 
 
 @router.post("/documents", status_code=status.HTTP_202_ACCEPTED)
