@@ -20,7 +20,10 @@ class ConfigurationError(RuntimeError):
 class Settings(BaseSettings):
     """Conveyor settings; every field can be set as `CONVEYOR_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", env_file=".env", extra="ignore")
+    # An empty CONVEYOR_* variable means unset (CONVEYOR_HOME= would otherwise put the state in the cwd).
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     environment: Literal["development", "production"] = "development"
     home: Path = Field(Path(".conveyor"), description="State folder for every local store.")

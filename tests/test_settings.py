@@ -26,6 +26,10 @@ class TestDefaults:
         assert Settings(environment="development").initial_admin_password
         assert Settings(environment="production", secret_key="s" * 32).initial_admin_password is None
 
+    def test_an_empty_variable_means_the_default(self, monkeypatch):
+        monkeypatch.setenv("CONVEYOR_HOME", "")
+        assert Settings().home == Path(".conveyor")
+
 
 class TestBadConfiguration:
     def test_unknown_value_names_the_setting(self, monkeypatch):
