@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel
@@ -30,10 +28,6 @@ class ChatReply(BaseModel):
     run_id: str | None = None
     error: str | None = None  # why the agent failed, when it did (its answer then explains it)
     lineage: Lineage | None = None
-
-
-class ChatCancelled(Exception):
-    """The listener of a streamed reply went away; generation stops at the next token."""
 
 
 class ChatUnavailable(LLMUnavailable):
@@ -116,35 +110,11 @@ def reply(message: str, history: list[dict]) -> ChatReply:
     return _run(message, history)
 
 
-def stream_reply(message: str, history: list[dict]) -> Iterator[ChatEvent]:
-    """Tokens as the agent produces them, then one final event {agent, sources, answer, run_id, error}.
+def stream_reply(message: str, history: list[dict], emit: Callable[[ChatEvent], None]) -> None:
+    """Emit tokens as the agent produces them, then one final event {agent, sources, answer, run_id, error}.
 
-    Failures are raised from the iterator (ChatUnavailable when the LLM is down). Closing it early
-    (the client went away) stops the generation at its next token.
+    Failures are raised (ChatUnavailable when the LLM is down). When `emit` raises (the listener went
+    away), generation stops at that token.
     """
-    events: queue.Queue[ChatEvent | Exception | None] = queue.Queue()
-    cancelled = threading.Event()
-
-    def on_token(token: str) -> None:
-        if cancelled.is_set():
-            raise ChatCancelled
-        events.put(ChatEvent(type="token", data=token))
-
-    def work() -> None:
-        try:
-            events.put(ChatEvent(type="final", data=_run(message, history, on_token).model_dump()))
-        except ChatCancelled:
-            log.info("chat stream cancelled by its listener")
-        except Exception as exc:  # raised again in the listener's thread
-            events.put(exc)
-        finally:
-            events.put(None)
-
-    threading.Thread(target=work, name="chat-stream", daemon=True).start()
-    try:
-        while (event := events.get()) is not None:
-            if isinstance(event, Exception):
-                raise event
-            yield event
-    finally:
-        cancelled.set()
+    reply = _run(message, history, lambda token: emit(ChatEvent(type="token", data=token)))
+    emit(ChatEvent(type="final", data=reply.model_dump()))

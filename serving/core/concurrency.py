@@ -28,13 +28,18 @@ async def call_blocking(fn: Callable[..., T], *args: Any, timeout: float) -> T:
         raise GenerationTimeout(f"no answer within {timeout:g} s") from None
 
 
-async def iterate_blocking(
-    make_iterator: Callable[[], Iterator[T]], timeout: float
-) -> AsyncGenerator[T, None]:
-    """Items of a blocking iterator, produced in its own thread; waits longer than `timeout` s raise.
+class StreamClosed(Exception):
+    """Raised by `emit` in the producer's thread once the consumer has stopped listening."""
 
-    When the consumer stops early (client gone, error), the producer stops after its current item
-    and the iterator is closed, so an abandoned stream frees the model quickly.
+
+async def iterate_blocking(
+    produce: Callable[[Callable[[T], None]], None], timeout: float
+) -> AsyncGenerator[T, None]:
+    """Items that `produce(emit)` emits from its own thread; waits longer than `timeout` s raise.
+
+    The one bridge from blocking producers (an LLM's token iterator, an agent's token callback) to the event
+    loop. When the consumer stops early (client gone, error), the next `emit` raises StreamClosed in the
+    producer, so an abandoned stream frees the model quickly.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
@@ -46,24 +51,22 @@ async def iterate_blocking(
         except RuntimeError:  # the event loop is gone (server shutting down)
             stop.set()
 
-    def produce() -> None:
-        iterator = None
+    def emit(item: T) -> None:
+        if stop.is_set():
+            raise StreamClosed
+        deliver(item)
+
+    def run() -> None:
         try:
-            iterator = make_iterator()
-            for item in iterator:
-                if stop.is_set():
-                    break
-                deliver(item)
+            produce(emit)
             deliver(_END)
+        except StreamClosed:
+            pass
         except Exception as exc:  # handed to the consumer, which raises it in the request
             deliver(_END, exc)
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
 
     context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(produce,), name="conveyor-stream", daemon=True).start()
+    threading.Thread(target=context.run, args=(run,), name="conveyor-stream", daemon=True).start()
     try:
         while True:
             try:
@@ -77,3 +80,19 @@ async def iterate_blocking(
             yield item
     finally:
         stop.set()
+
+
+def emit_each(make_iterator: Callable[[], Iterator[T]]) -> Callable[[Callable[[T], None]], None]:
+    """A producer for `iterate_blocking` that emits a blocking iterator's items and closes it when done."""
+
+    def produce(emit: Callable[[T], None]) -> None:
+        iterator = make_iterator()
+        try:
+            for item in iterator:
+                emit(item)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    return produce

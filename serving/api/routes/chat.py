@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -92,7 +93,7 @@ async def chat_stream(
     """Stream the answer: `meta`, then `token` events, then `final` (answer, agent, sources, lineage) or
     `error`."""
     conversation, history = await run_in_threadpool(_open, session, user, body)
-    events = iterate_blocking(lambda: agent_chat.stream_reply(body.message, history), settings.llm_timeout_s)
+    events = iterate_blocking(partial(agent_chat.stream_reply, body.message, history), settings.llm_timeout_s)
     first = await anext(events, None)  # an unavailable or silent model fails the request with 503/504 here
 
     async def stream() -> AsyncIterator[bytes]:

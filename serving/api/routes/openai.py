@@ -16,7 +16,7 @@ from agents.llm import LLMUnavailable, get_llm
 from serving.api.deps import CurrentUser, SettingsDep
 from serving.api.routes.chat import EVENT_STREAM, LLM_ERRORS
 from serving.core import metrics
-from serving.core.concurrency import GenerationTimeout, iterate_blocking
+from serving.core.concurrency import GenerationTimeout, emit_each, iterate_blocking
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 DEFAULT_MAX_TOKENS = 256
@@ -135,7 +135,7 @@ async def chat_completions(body: CompletionRequest, _: CurrentUser, settings: Se
     temperature = 0.2 if body.temperature is None else body.temperature
     completion_id = f"chatcmpl-{uuid4().hex}"
     tokens = iterate_blocking(
-        lambda: get_llm().stream(messages, max_tokens=body.token_budget, temperature=temperature),
+        emit_each(lambda: get_llm().stream(messages, max_tokens=body.token_budget, temperature=temperature)),
         settings.llm_timeout_s,
     )
     try:
