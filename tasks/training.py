@@ -49,6 +49,7 @@ class DatasetRef(BaseModel):
             "conveyor.dataset_id": self.id,
             "conveyor.dataset_version": str(self.version),
             "conveyor.dataset_sha256": self.sha256,
+            "conveyor.dataset_path": self.path,
             "dvc.md5": self.md5,
             "dvc.tracked": str(pipeline.locked_md5(Path(self.path)) == self.md5).lower(),
         }

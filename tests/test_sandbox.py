@@ -424,7 +424,9 @@ class TestFailClosed:
         )
         done = subprocess.run(
             [
-                "unshare",
+                "unshare",  # a user namespace of our own, so that a non-root runner may mount too
+                "--user",
+                "--map-root-user",
                 "--mount",
                 "--propagation",
                 "private",
