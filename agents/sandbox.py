@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import os
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 from pydantic import BaseModel, Field
 
 from agents.isolation import SCRATCH, SandboxUnavailable, bwrap_command, isolation_mode
@@ -202,12 +204,21 @@ def run_code(
 
 
 def _kill_group(child: subprocess.Popen) -> None:
-    """Kill the child's process group; bubblewrap's --die-with-parent and pid namespace take the rest."""
+    """Kill the child's process group and every process under it (the code runs in a session of its own
+    inside bubblewrap), and wait until all are gone: nothing outlives `run_code`."""
+    try:
+        inner = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        inner = []
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    for process in inner:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process.kill()
     child.wait()
+    psutil.wait_procs(inner, timeout=30)
 
 
 def _collect(
