@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 SYSTEM_PACKAGES ?= bubblewrap redis-server chromium chromium-driver docker-compose
 export PYTHONUNBUFFERED := 1
+# llama-cpp-python compiles here: a portable AVX2 build, not -march=native, which on hosts with AMX (Sapphire
+# Rapids) turns on ggml's AMX kernels, and those crashed in the first multi-token decode on this project's
+# machines (segmentation fault, llama-cpp-python 0.3.36).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: install system-deps run test test-containers up down bench lint clean
 

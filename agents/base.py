@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from agents.llm import get_llm
 from agents.sandbox import Figure
-from conveyor.settings import get_settings
+from conveyor.settings import LLMRole, get_settings
 
 
 class AgentRequest(BaseModel):
@@ -37,7 +37,7 @@ class AgentResult(BaseModel):
 
 @dataclass(frozen=True)
 class Agent:
-    name: str
+    name: LLMRole  # also the role its model plays (CONVEYOR_LLM_QUALITY_ROLES)
     description: str
     request: type[AgentRequest]
     run: Callable[..., AgentResult]
@@ -47,10 +47,12 @@ class Agent:
         return self.run(self.request(instruction=instruction, context=context, **fields))
 
 
-def generate(messages: list[dict], on_token: Callable[[str], None] | None = None, **options) -> str:
-    """The LLM's whole answer to `messages`, each token also handed to `on_token` as it arrives."""
+def generate(
+    messages: list[dict], role: LLMRole, on_token: Callable[[str], None] | None = None, **options
+) -> str:
+    """The answer of `role`'s model to `messages`, each token also handed to `on_token` as it arrives."""
     tokens = []
-    with closing(get_llm().stream(messages, **options)) as stream:  # frees the model if on_token raises
+    with closing(get_llm(role).stream(messages, **options)) as stream:  # frees the model if on_token raises
         for token in stream:
             tokens.append(token)
             if on_token:

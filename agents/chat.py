@@ -75,7 +75,7 @@ def _run(message: str, history: list[dict], on_token=None) -> ChatReply:
             span.set_outputs({"ok": result.ok, "sources": len(result.sources), "error": result.error})
         trace.set_outputs({"agent": agent.name, "answer": result.answer})
     decision = lineage.RouteDecision(agent=routed.agent, method=routed.method, score=routed.score)
-    answer_lineage = lineage.build(reads, llm=identity(), router=decision, trace_id=trace.trace_id)
+    answer_lineage = lineage.build(reads, llm=identity(agent.name), router=decision, trace_id=trace.trace_id)
     try:
         run_id = memory.record(
             "agent",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Final
 
 from agents import memory
 from agents.base import Agent, AgentRequest, AgentResult, save_figures
@@ -11,7 +12,7 @@ from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find
 from agents.llm import LLMUnavailable
 from agents.sandbox import SandboxResult, SandboxUnavailable
 
-NAME = "code"
+NAME: Final = "code"
 CODE_DOMAIN = "python"
 log = logging.getLogger(__name__)
 SYSTEM = (
@@ -74,6 +75,7 @@ def write(request: CodeRequest) -> AgentResult:
     try:
         attempt = write_code(
             messages,
+            "code",
             files=files,
             execute=request.execute,
             max_repairs=request.max_repairs,

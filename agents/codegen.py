@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from agents.llm import get_llm
 from agents.sandbox import Limits, SandboxResult, run_code
+from conveyor.settings import LLMRole
 
 FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
@@ -40,6 +41,7 @@ def syntax_error(code: str) -> str | None:
 
 def write_code(
     messages: list[dict],
+    role: LLMRole,
     files: dict[str, Path] | None = None,
     execute: bool = True,
     max_repairs: int = 2,
@@ -48,7 +50,7 @@ def write_code(
     check: Callable[[str, SandboxResult | None], str | None] | None = None,
 ) -> CodeAttempt:
     """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix."""
-    llm = get_llm()
+    llm = get_llm(role)
     history = list(messages)
     errors: list[str] = []
     attempt = 0

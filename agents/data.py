@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Final
 
 import pandas as pd
 
@@ -14,7 +15,7 @@ from agents.llm import LLMUnavailable
 from agents.sandbox import SandboxUnavailable, run_code
 from conveyor import datasets
 
-NAME = "data"
+NAME: Final = "data"
 CSV_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.csv")
 CHART_WORDS = re.compile(r"\b(chart|plot|graph|visuali[sz]\w*|figure|histogram)\b", re.IGNORECASE)
 SYSTEM = (
@@ -148,7 +149,7 @@ def analyze(request: DataRequest) -> AgentResult:
     code, run, errors = "", None, []
     try:
         attempt = write_code(
-            messages, files=files, max_tokens=350, check=computes_from_data(dataset_id, chart)
+            messages, "data", files=files, max_tokens=350, check=computes_from_data(dataset_id, chart)
         )
         code, run, errors = attempt.code, attempt.run, attempt.errors
         if not attempt.ok:

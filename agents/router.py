@@ -155,7 +155,7 @@ def route(message: str) -> Route:
 def llm_choice(message: str, candidates: list[str]) -> str:
     """The LLM's pick among `candidates` (LLMUnavailable or StructuredOutputError when it fails)."""
     schema = _choice_schema(candidates)
-    return get_llm().structured(route_prompt(message, candidates), schema, max_tokens=20).agent
+    return get_llm("routing").structured(route_prompt(message, candidates), schema, max_tokens=20).agent
 
 
 def _ask_llm(message: str, candidates: list[str], decision: Route) -> Route:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from pydantic import Field
 
 from agents.base import Agent, AgentRequest, AgentResult, generate
 from agents.llm import LLMUnavailable
 
-NAME = "summary"
+NAME: Final = "summary"
 SYSTEM = (
     "You summarise text faithfully and concisely. Keep the numbers that matter. Use at most {words} words."
 )
@@ -37,7 +38,9 @@ def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = 
         {"role": "user", "content": f"Summarise:\n\n{text}"},
     ]
     try:
-        text = generate(messages, on_token, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2)
+        text = generate(
+            messages, "summary", on_token, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2
+        )
     except LLMUnavailable as exc:
         return AgentResult.without_llm(NAME, exc, f"The language model is unavailable: {exc}")
     summary = bound_words(text, request.max_words)

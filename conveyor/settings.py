@@ -10,6 +10,8 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
+# What a model is asked to do: the agents by name, the planner and the router's fallback.
+LLMRole = Literal["chat", "routing", "planning", "research", "data", "code", "summary"]
 DEVELOPMENT_ADMIN_PASSWORD = "conveyor-dev"
 
 
@@ -76,11 +78,28 @@ class Settings(BaseSettings):
     # LLM
     llm_backend: Literal["embedded", "openai"] = "embedded"
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for llm_backend=openai.")
-    llm_model: str = "qwen2.5-coder-0.5b-instruct"
+    llm_model: str = Field(
+        "qwen2.5-coder-0.5b-instruct", description="The fast model: chat answers, research, routing."
+    )
+    llm_quality_model: str = Field(
+        "qwen2.5-coder-1.5b-instruct", description="The stronger model, for the roles in llm_quality_roles."
+    )
+    llm_quality_roles: set[LLMRole] = Field(
+        {"planning", "code", "data", "summary"},
+        description="Roles the quality model plays; [] = the fast model everywhere (bench/bench_agents.py "
+        "measures both per role).",
+    )
     llm_api_key: SecretStr | None = None
     llm_threads: int = Field(1, ge=1)
     llm_context: int = Field(4096, ge=512)
     llm_timeout_s: float = Field(120.0, gt=0)
+    planner_memory_min_similarity: float = Field(
+        0.6,
+        ge=-1,
+        le=1,
+        description="A past plan is the planner's prompt example only from this task-embedding cosine up "
+        "(measured: python -m bench.bench_planner --memory-threshold).",
+    )
     router_confidence_threshold: float = Field(
         0.5,
         ge=0,

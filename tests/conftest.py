@@ -10,6 +10,9 @@ os.environ["PREFECT_HOME"] = str(STATE / "prefect")
 os.environ["CONVEYOR_DATA_DIR"] = str(STATE / "data")
 os.environ.pop("CONVEYOR_PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_URL", None)
+# The fast model plays every role unless a test asks for the quality model (configure(llm_quality_roles=...)):
+# tests that check what the quality model makes (plans, the example report) opt in; the rest stay fast.
+os.environ["CONVEYOR_LLM_QUALITY_ROLES"] = "[]"
 
 from conveyor import runtime  # noqa: E402
 

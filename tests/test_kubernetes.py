@@ -179,7 +179,7 @@ class TestLLMService:
         [init], [server] = spec["initContainers"], spec["containers"]
         assert "from agents.llm import model_file" in init["command"][-1]
         home = {e["name"]: e["value"] for e in init["env"]}["CONVEYOR_HOME"]
-        assert flags(server)["model"] == f"{home}/models/{llm.MODEL_FILE}"
+        assert flags(server)["model"] == f"{home}/models/{llm.LOCAL_MODELS[Settings().llm_model].file}"
         mounts = [{m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (init, server)]
         assert mounts[0]["models"] == mounts[1]["models"] == home
 

@@ -1,5 +1,6 @@
-"""Answer lineage over real components: every id an answer names is followed to LanceDB, Prefect, MLflow and
-the model files; re-indexing moves the version while the old one still opens; tracing down costs nothing."""
+"""Answer lineage over real components: every id an answer names is followed to LanceDB, Prefect, MLflow
+(trace, prompt version) and the model files; re-indexing moves the version while the old one still opens;
+tracing down costs nothing."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from mlflow.exceptions import MlflowException
 from prefect.client.orchestration import get_client
 from sqlalchemy import select, text
 
-from agents.llm import MODEL_SHA256
+from agents import research
+from agents.llm import LOCAL_MODELS
 from conveyor import knowledge, tracking
 from conveyor.embeddings import model_path
 from conveyor.settings import get_settings
@@ -139,6 +141,7 @@ class TestRagQuery:
             "knowledge_md5": knowledge_md5,
         }
         assert lineage["llm"] is None and lineage["router"] is None and lineage["trace_id"] is None
+        assert lineage["prompts"] == [] and lineage["confidence"] is None
 
     def test_versions_that_index_upkeep_added_belong_to_the_run_before_them(self, first_run):
         run_id, _ = first_run
@@ -157,12 +160,18 @@ class TestChat:
         assert lineage["llm"] == {
             "name": get_settings().llm_model,
             "backend": "embedded",
-            "sha256": MODEL_SHA256,
+            "sha256": LOCAL_MODELS[get_settings().llm_model].sha256,
             "model_id": None,
         }
         at_version = rows_at(version)
         cited = [s for s in chat_reply["sources"] if s["domain"] == DOMAIN]
         assert cited and all(at_version[s["chunk_id"]] == s["text"] for s in cited)
+        [prompt] = lineage["prompts"]
+        stored = mlflow.MlflowClient(get_settings().tracking_uri).get_prompt_version(
+            prompt["name"], prompt["version"]
+        )
+        assert prompt["name"] == "conveyor-research-system" and stored.template == research.SYSTEM
+        assert 0.0 < lineage["confidence"] < 1.0
 
         trace = trace_of(lineage["trace_id"])
         spans = {span.name: span for span in trace.data.spans}
@@ -232,7 +241,7 @@ class TestTracingDown:
             assert response.status_code == 200
             [final] = [data for kind, data in sse_events(response.iter_lines()) if kind == "final"]
         assert final["answer"].strip() and final["lineage"]["trace_id"] is None
-        assert final["lineage"]["llm"]["sha256"] == MODEL_SHA256
+        assert final["lineage"]["llm"]["sha256"] == LOCAL_MODELS[get_settings().llm_model].sha256
         with tracking.trace_answer("chat", {"message": "again"}) as trace:  # the next answer, without the LLM
             assert trace.trace_id is None
         assert len([r for r in caplog.records if "not traced" in r.getMessage()]) == 1

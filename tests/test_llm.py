@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from agents import llm
-from conveyor.settings import ConfigurationError
+from conveyor.settings import ConfigurationError, Settings, get_settings
 
 SHORT = [{"role": "user", "content": "Reply with the single word: yes"}]
 
@@ -31,16 +31,34 @@ def model():
 
 
 class TestModelFile:
-    def test_assembled_model_has_the_pinned_digest(self, settings):
-        path = llm.model_file()
+    @pytest.mark.parametrize("name", llm.LOCAL_MODELS)
+    def test_each_local_model_is_assembled_with_its_pinned_digest(self, settings, name):
+        path = llm.model_file(name)
         assert path.parent == settings.state_dir / "models"
-        assert llm.sha256_of(path) == llm.MODEL_SHA256
+        assert llm.sha256_of(path) == llm.LOCAL_MODELS[name].sha256
 
     def test_other_digests_are_refused(self, tmp_path):
         fake = tmp_path / "model.gguf"
         fake.write_bytes(b"GGUF" + b"\0" * 64)
         with pytest.raises(ConfigurationError, match="refusing model file"):
-            llm.verify_model(fake)
+            llm.verify_model(fake, llm.LOCAL_MODELS["qwen2.5-coder-0.5b-instruct"].sha256)
+
+    def test_an_unknown_local_model_is_refused_with_the_known_ones(self, configure):
+        configure(llm_model="qwen-9000")
+        with pytest.raises(ConfigurationError, match="no model 'qwen-9000'.*qwen2.5-coder-0.5b-instruct"):
+            llm.model_file()
+
+
+class TestRoles:
+    def test_quality_roles_get_the_quality_model_and_the_others_the_fast_one(self, configure):
+        configure(llm_quality_roles='["planning", "code"]')
+        settings = get_settings()
+        assert llm.model_name("planning") == llm.model_name("code") == settings.llm_quality_model
+        assert llm.model_name("chat") == llm.model_name("routing") == settings.llm_model
+        assert llm.identity("code").sha256 == llm.LOCAL_MODELS[settings.llm_quality_model].sha256
+
+    def test_by_default_planning_code_data_and_reports_use_the_quality_model(self):
+        assert Settings.model_fields["llm_quality_roles"].default == {"planning", "code", "data", "summary"}
 
 
 class TestEmbedded:
@@ -75,6 +93,7 @@ def test_generation_past_the_timeout_is_llm_unavailable(model, configure):
     configure(llm_timeout_s=0.3)
     with pytest.raises(llm.LLMUnavailable, match="exceeded"):
         model.complete([{"role": "user", "content": "Count from 1 to 500."}], max_tokens=400)
+    configure(llm_timeout_s=120)
     assert model.complete(SHORT, max_tokens=4).strip()  # the model is released and usable again
 
 
@@ -90,7 +109,7 @@ def openai_backend(configure):
 
     def use(base_url: str):
         configure(llm_backend="openai", llm_base_url=base_url, llm_timeout_s=60)
-        return llm.OpenAICompatibleLLM()
+        return llm.OpenAICompatibleLLM(get_settings().llm_model)
 
     return use
 
