@@ -6,6 +6,7 @@ import logging
 from typing import Final
 
 from agents import memory
+from agents.analysis import unreadable
 from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.codegen import write_code
 from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find_dataset
@@ -17,7 +18,9 @@ CODE_DOMAIN = "python"
 log = logging.getLogger(__name__)
 SYSTEM = (
     "You are a careful Python programmer. Write a complete, runnable script for the task using only the "
-    "standard library, pandas and matplotlib. Save any chart with plt.savefig('chart.png'). The script must "
+    "standard library, pandas and matplotlib. A chart shows aggregated values (totals by group, or per "
+    "month with resample), at most 20 bars or points, with a title and a y-axis label naming the measure; "
+    "save it with plt.savefig('chart.png'). The script must "
     "end by running the code on the task's example and printing the result, e.g.\n"
     "```python\ndef double(n):\n    return 2 * n\n\nprint(double(21))\n```\n"
     "Reply with one ```python block."
@@ -47,10 +50,13 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
 
 
 def shows_output(code: str, run: SandboxResult | None) -> str | None:
-    """A script that ran must show something: printed output, a result or a chart."""
-    if run is not None and not (run.stdout.strip() or run.result is not None or run.figures):
+    """A script that ran must show something (printed output, a result or a chart), and its charts must
+    read well (aggregated, titled, labelled)."""
+    if run is None:
+        return None
+    if not (run.stdout.strip() or run.result is not None or run.figures):
         return "the script ran but printed nothing: call the code on an example and print the result"
-    return None
+    return next(filter(None, map(unreadable, run.charts)), None)
 
 
 def write(request: CodeRequest) -> AgentResult:
@@ -93,12 +99,13 @@ def write(request: CodeRequest) -> AgentResult:
     else:
         status = f"still failing: {attempt.errors[-1]}"
     repairs = f" after {attempt.attempts - 1} repair(s)" if attempt.attempts > 1 else ""
+    printed = f"\n\nOutput:\n```\n{run.stdout.strip()[:1500]}\n```" if run and run.stdout.strip() else ""
     return AgentResult(
         agent=NAME,
         ok=attempt.ok,
         error=None if attempt.ok else attempt.errors[-1],
         sources=sources,
-        answer=f"```python\n{attempt.code}\n```\n\nChecked: {status}{repairs}.",
+        answer=f"```python\n{attempt.code}\n```\n\nChecked: {status}{repairs}.{printed}",
         figures=save_figures(run.figures) if run else [],
         data={
             "code": attempt.code,
@@ -109,6 +116,7 @@ def write(request: CodeRequest) -> AgentResult:
             "errors": attempt.errors,
             "stdout": run.stdout[:2000] if run else "",
             "result": run.result if run else None,
+            "charts": [c.model_dump() for c in run.charts] if run else [],
             "isolation": run.isolation if run else None,
         },
     )

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agents.isolation import SCRATCH, SandboxUnavailable, bwrap_command, isolation_mode
 from conveyor.settings import get_settings
 
-__all__ = ["Figure", "Limits", "SandboxResult", "SandboxUnavailable", "run_code"]
+__all__ = ["Chart", "Figure", "Limits", "SandboxResult", "SandboxUnavailable", "run_code"]
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -51,6 +51,18 @@ class Figure(BaseModel):
         return target
 
 
+class Chart(BaseModel):
+    """One saved chart as the code drew it (read from matplotlib in the sandbox, before any PNG)."""
+
+    title: str = ""
+    xlabel: str = ""
+    ylabel: str = ""
+    x_tick_labels: int = 0
+    bars: int = 0
+    line_points: int = 0
+    scatter_points: int = 0
+
+
 class SandboxResult(BaseModel):
     ok: bool
     result: object | None = None
@@ -60,6 +72,7 @@ class SandboxResult(BaseModel):
     error_line: int | None = None
     limit: str | None = Field(None, description="cpu, memory, wall or output when a limit stopped the code")
     figures: list[Figure] = []
+    charts: list[Chart] = []
     isolation: str = Field("", description="bubblewrap, or process when isolation was switched off")
     duration_s: float = 0.0
 
@@ -67,6 +80,14 @@ class SandboxResult(BaseModel):
         """One line for a repair prompt or a report."""
         where = f" (line {self.error_line})" if self.error_line else ""
         return f"{self.error}{where}" if self.error else "ok"
+
+
+def _charts(reported: object, most: int = 20) -> list[Chart]:
+    """The charts the child described; the code could have rewritten that file, so anything odd is dropped."""
+    try:
+        return [Chart.model_validate(c) for c in reported][:most] if isinstance(reported, list) else []
+    except ValidationError:
+        return []
 
 
 def _read_regular(path: Path, limit: int) -> bytes | None:
@@ -250,6 +271,7 @@ def _collect(
         error_line=(outcome.get("error") or {}).get("line"),
         limit=limit,
         figures=figures,
+        charts=_charts(outcome.get("charts")),
         isolation=mode,
         duration_s=round(duration, 3),
     )

@@ -38,6 +38,34 @@ def to_json(value):
     return str(value)
 
 
+def describe_axes(ax) -> dict:
+    """What a reader sees of one chart: its labels, and the most marks one series draws on it."""
+    lines = [len(line.get_xdata()) for line in ax.get_lines()]
+    return {
+        "title": ax.get_title() or (ax.figure._suptitle.get_text() if ax.figure._suptitle else ""),
+        "xlabel": ax.get_xlabel(),
+        "ylabel": ax.get_ylabel(),
+        "x_tick_labels": sum(bool(t.get_text().strip()) for t in ax.get_xticklabels()),
+        "bars": len(ax.patches),
+        "line_points": max(lines, default=0),
+        "scatter_points": max((len(c.get_offsets()) for c in ax.collections), default=0),
+    }
+
+
+def record_saved_charts(charts: list) -> None:
+    """Describe each figure the code saves (once drawn, so tick labels exist), even if it closes it."""
+    from matplotlib.figure import Figure
+
+    savefig = Figure.savefig
+
+    def recording(figure, *args, **kwargs):
+        saved = savefig(figure, *args, **kwargs)
+        charts.extend(describe_axes(ax) for ax in figure.get_axes())
+        return saved
+
+    setattr(Figure, "savefig", recording)  # noqa: B010 (a method replaced on purpose)
+
+
 def save_open_figures(scratch: Path) -> None:
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is None or any(scratch.glob("*.png")):
@@ -52,9 +80,12 @@ def main() -> None:
     os.chdir(scratch)
     for module in config["preload"]:
         __import__(module)  # before the limits: library start-up is not the code's budget
+    charts: list[dict] = []
+    if "matplotlib.pyplot" in sys.modules:
+        record_saved_charts(charts)
     apply_limits(config["limits"])
     sys.path[:] = [p for p in sys.path if p]
-    outcome: dict = {}
+    outcome: dict = {"charts": charts}
     namespace = {"__name__": "__main__"}
     try:
         exec(compile(config["code"], "<agent-code>", "exec"), namespace)

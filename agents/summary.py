@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Final
 
@@ -12,8 +13,12 @@ from agents.llm import LLMUnavailable
 
 NAME: Final = "summary"
 SYSTEM = (
-    "You summarise text faithfully and concisely. Keep the numbers that matter. Use at most {words} words."
+    "You summarise text faithfully and concisely. State the findings that matter (the largest group and its "
+    "share, the trend over time, outliers) with their numbers exactly as the text gives them; never write a "
+    "number the text does not contain. Use at most {words} words."
 )
+NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:\s*(?:million|thousand|billion)\b)?", re.IGNORECASE)
+SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9}
 
 
 class SummaryRequest(AgentRequest):
@@ -27,25 +32,59 @@ def bound_words(text: str, max_words: int) -> str:
         return text.strip()
     cut = " ".join(words[:max_words])
     end = max(cut.rfind(". "), cut.rfind(".\n"), cut.rfind("!"), cut.rfind("?"))
-    return cut[: end + 1] if end > len(cut) // 2 else cut + " ..."
+    return cut[: end + 1] if end > len(cut) // 2 else cut.rstrip(",;:") + "..."
+
+
+def _value(number: str) -> tuple[float, float]:
+    """A number as written ("1,234.5", "15.7 million") -> its value and the step it was rounded to."""
+    digits, *scale = number.replace(",", "").lower().split()
+    factor = SCALES[scale[0]] if scale else 1.0
+    decimals = len(digits.partition(".")[2])
+    return float(digits) * factor, 10.0**-decimals * factor
+
+
+def unsupported_numbers(summary: str, source: str) -> list[str]:
+    """Numbers of `summary` that no number of `source` rounds to (signs and units aside)."""
+    known = [_value(n)[0] for n in NUMBER.findall(source)]
+    unsupported = []
+    for written in NUMBER.findall(summary):
+        value, step = _value(written)
+        if not any(abs(value - k) <= step / 2 + 1e-9 * abs(k) for k in known):
+            unsupported.append(written)
+    return unsupported
 
 
 def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = None) -> AgentResult:
-    """Summarise the instruction's text plus any earlier results, in at most `max_words` words."""
+    """Summarise the instruction's text plus any earlier results, in at most `max_words` words; a number the
+    text does not contain is sent back once for correction, then reported in `data["unsupported_numbers"]`."""
     text = f"{request.instruction}\n\n{request.context}".strip()[:12_000]
     messages = [
         {"role": "system", "content": SYSTEM.format(words=request.max_words)},
         {"role": "user", "content": f"Summarise:\n\n{text}"},
     ]
+    budget = int(request.max_words * 1.6) + 16
     try:
-        text = generate(
-            messages, "summary", on_token, max_tokens=int(request.max_words * 1.6) + 16, temperature=0.2
-        )
+        summary = bound_words(generate(messages, "summary", on_token, max_tokens=budget), request.max_words)
+        if unsupported := unsupported_numbers(summary, text):
+            messages += [
+                {"role": "assistant", "content": summary},
+                {
+                    "role": "user",
+                    "content": f"These numbers are not in the text: {', '.join(unsupported)}. Rewrite the "
+                    "summary using only numbers that appear in the text.",
+                },
+            ]
+            summary = bound_words(generate(messages, "summary", max_tokens=budget), request.max_words)
     except LLMUnavailable as exc:
         return AgentResult.without_llm(NAME, exc, f"The language model is unavailable: {exc}")
-    summary = bound_words(text, request.max_words)
     return AgentResult(
-        agent=NAME, answer=summary, data={"words": len(summary.split()), "max_words": request.max_words}
+        agent=NAME,
+        answer=summary,
+        data={
+            "words": len(summary.split()),
+            "max_words": request.max_words,
+            "unsupported_numbers": unsupported_numbers(summary, text),
+        },
     )
 
 

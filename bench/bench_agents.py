@@ -1,4 +1,6 @@
-"""Agents benchmark: embedded LLM tokens/s, end-to-end example task latency (the router: bench_router.py).
+"""Agents benchmark: each local model's time to first token and tokens/s, and the example task end to end
+with the quality model in its roles and with the fast model everywhere (the router: bench_router.py; the
+planner: bench_planner.py; chat time to first token over HTTP: bench_api.py).
 
 Prints one JSON line per measurement. `python -m bench.bench_agents [--skip-e2e]`
 """
@@ -7,24 +9,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from pathlib import Path
 
-from agents.llm import get_llm
+from agents.llm import LOCAL_MODELS, EmbeddedLLM, reset_llm
+from conveyor.settings import reset_settings
 
 
-def bench_tokens(max_tokens: int = 128) -> dict:
-    llm = get_llm()
+def bench_tokens(name: str, max_tokens: int = 128) -> dict:
+    llm = EmbeddedLLM(name)
+    llm.complete([{"role": "user", "content": "hi"}], max_tokens=2)  # warm up
     messages = [{"role": "user", "content": "Explain in detail how a hash map works, step by step."}]
-    llm.complete([{"role": "user", "content": "hi"}], max_tokens=2)  # load and warm up
     started = time.perf_counter()
-    first, chunks = None, 0
+    first, chunks = 0.0, 0
     for _ in llm.stream(messages, max_tokens=max_tokens, temperature=0.0):
         first = first or time.perf_counter() - started
         chunks += 1
     total = time.perf_counter() - started
     return {
         "bench": "llm",
-        "backend": llm.name,
+        "model": name,
         "tokens": chunks,
         "first_token_s": round(first, 3),
         "tokens_per_s": round((chunks - 1) / (total - first), 1),
@@ -32,17 +37,36 @@ def bench_tokens(max_tokens: int = 128) -> dict:
     }
 
 
-def bench_example_task() -> dict:
+def bench_example_task(quality_roles: str) -> dict:
+    """`run-agent-task` on the example task with CONVEYOR_LLM_QUALITY_ROLES=`quality_roles`."""
     from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
+    from tasks.agent_steps import StepOutcome
 
+    os.environ["CONVEYOR_LLM_QUALITY_ROLES"] = quality_roles
+    reset_settings()
+    reset_llm()
     started = time.perf_counter()
     summary = run_agent_task(EXAMPLE_TASK)
+    steps = [
+        StepOutcome.model_validate_json(p.read_text()) for p in Path(summary.run_dir).glob("steps/*.json")
+    ]
     return {
         "bench": "run-agent-task",
+        "quality_roles": quality_roles,
         "seconds": round(time.perf_counter() - started, 1),
         "plan_method": summary.plan_method,
         "steps": summary.steps,
         "success": summary.success,
+        "data_spec_method": next(
+            (s.result.data.get("spec_method") for s in steps if s.agent == "data" and s.result), None
+        ),
+        "summary_unsupported_numbers": next(
+            (s.result.data.get("unsupported_numbers") for s in steps if s.agent == "summary" and s.result),
+            None,
+        ),
+        "code_repairs": [
+            s.result.data.get("attempts", 1) - 1 for s in steps if s.agent == "code" and s.result
+        ],
         "report": summary.report,
     }
 
@@ -53,9 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end example task")
     args = parser.parse_args(argv or [])
-    print(json.dumps(bench_tokens()), flush=True)
+    for name in LOCAL_MODELS:
+        print(json.dumps(bench_tokens(name)), flush=True)
     if not args.skip_e2e:
-        print(json.dumps(bench_example_task()), flush=True)
+        for roles in ('["planning", "data", "code", "summary"]', "[]"):
+            print(json.dumps(bench_example_task(roles)), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@ from pathlib import Path
 import pytest
 
 from agents import chat, data, memory, research, summary
+from agents.analysis import Analysis, unreadable
 from agents.code import AGENT as CODE
+from agents.code import shows_output
 from agents.llm import get_llm
+from agents.sandbox import Chart, run_code
 from conveyor.datasets import load
 
 FACTS = [
@@ -45,14 +48,6 @@ def llm_down(configure):
     configure(llm_backend="openai", llm_base_url="http://127.0.0.1:9/v1")
 
 
-def numbers_in(value) -> list[float]:
-    if isinstance(value, dict):
-        return [n for v in value.values() for n in numbers_in(v)]
-    if isinstance(value, list):
-        return [n for v in value for n in numbers_in(v)]
-    return [float(value)] if isinstance(value, int | float) and not isinstance(value, bool) else []
-
-
 class TestResearch:
     def test_answer_cites_the_retrieved_sources(self, facts_domain):
         out = research.AGENT("When was the Kelpie Point lighthouse built?", domains=[facts_domain])
@@ -79,19 +74,31 @@ class TestResearch:
 
 
 class TestData:
-    def test_group_totals_come_from_executed_code(self, settings):
+    def test_the_model_picks_the_measure_and_the_numbers_come_from_executed_code(self, settings):
         out = data.AGENT("What is the total revenue per region in sales_2024.csv?")
         assert out.ok, out.error
+        assert out.data["spec_method"] == "llm", "the model must choose what to measure"
+        assert out.data["spec"] | {"period": "month"} == {
+            "measure": "revenue",
+            "aggregation": "sum",
+            "group_by": "region",
+            "date": out.data["spec"]["date"],
+            "period": "month",
+        }
         expected = load("sales_2024").groupby("region")["revenue"].sum()
-        computed = numbers_in(out.data["result"])
-        for total in expected:
-            assert any(abs(n - total) <= 0.01 * abs(total) for n in computed), (total, out.data["code"])
-        assert out.answer == data.render_answer("sales_2024", out.data["result"], out.data["fallback"])
+        table = out.data["result"]["tables"]["total revenue by region"]
+        assert table == pytest.approx(expected.round(2).to_dict(), abs=0.01)
+        assert f"**largest region by total revenue**: {expected.idxmax()}" in out.answer
 
     def test_the_analysis_ran_under_os_isolation(self, settings):
         out = data.AGENT("How many rows does sales_2024.csv have?")
         assert out.ok and out.data["isolation"] == "bubblewrap"
-        assert len(load("sales_2024")) in numbers_in(out.data["result"])
+        assert Analysis.model_validate(out.data["result"]).value("rows") == len(load("sales_2024"))
+
+    def test_without_the_model_the_default_analysis_says_so(self, settings, llm_down):
+        out = data.AGENT("What is the total revenue per region in sales_2024.csv?")
+        assert out.ok and out.data["spec_method"] == "default"
+        assert "model unavailable, default choice" in out.answer
 
     def test_without_isolation_the_step_fails_and_names_the_setting(self, settings, monkeypatch, tmp_path):
         from agents import isolation
@@ -105,10 +112,12 @@ class TestData:
             isolation.check_available.cache_clear()
         assert not out.ok and "CONVEYOR_SANDBOX_ISOLATION" in out.error and "bwrap" in out.error
 
-    def test_chart_is_returned_as_png(self, settings):
+    def test_charts_are_readable_pngs(self, settings):
         out = data.AGENT("Plot the number of units sold per category in sales_2024.csv as a bar chart")
-        assert out.ok and out.figures
+        assert out.ok and out.figures and out.data["charts"]
         assert all(Path(p).read_bytes().startswith(b"\x89PNG") for p in out.figures)
+        for chart in map(Chart.model_validate, out.data["charts"]):
+            assert unreadable(chart) is None, chart
 
     @pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/shadow"])
     def test_dataset_names_are_validated(self, settings, name):
@@ -121,6 +130,16 @@ class TestData:
 
 
 class TestCode:
+    def test_a_chart_of_raw_rows_is_sent_back_to_be_aggregated(self, settings):
+        plot_raw = (
+            "import pandas as pd, matplotlib.pyplot as plt\n"
+            "df = pd.read_csv('sales_2024.csv')\n"
+            "df.plot(x='date', y='revenue')\nplt.savefig('chart.png')\nplt.close()\n"
+        )
+        run = run_code(plot_raw, files=data.dataset_files("sales_2024"))
+        assert run.ok and run.charts[0].line_points == len(load("sales_2024"))
+        assert "aggregate first" in shows_output(plot_raw, run)
+
     def test_code_is_parsed_run_and_reported(self, settings):
         out = CODE("Write a function is_palindrome(s) and print is_palindrome('level')")
         code = out.data["code"]
@@ -138,6 +157,11 @@ class TestSummary:
         )
         out = summary.AGENT(text, max_words=25)
         assert out.ok and 0 < len(out.answer.split()) <= 25
+
+    def test_a_number_the_text_does_not_hold_is_reported(self):
+        text = "Total revenue: 15,708,803.88. West has a share of 36.43 %. Four outlier days."
+        assert summary.unsupported_numbers("Revenue was 15.7 million; West held 36.4%.", text) == []
+        assert summary.unsupported_numbers("West held 41.2% of 15,708,803.88.", text) == ["41.2"]
 
     def test_bound_words_cuts_at_a_sentence(self):
         assert summary.bound_words("One two three. Four five six seven.", 5) == "One two three."

@@ -3,24 +3,86 @@
 import json
 from pathlib import Path
 
-from test_agents import numbers_in
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
 
+from agents.analysis import Analysis, unreadable
 from agents.planner import Plan, PlanStep, check_plan, software_plan, template_plan
+from agents.sandbox import Chart
 from conveyor import tracking
 from conveyor.datasets import load
 from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
+from tasks.agent_steps import StepOutcome
 
 
-def dataset_facts(frame) -> list[float]:
-    """Statistics a correct analysis may report: size, column aggregates, per-group sums and means."""
-    numeric = frame.select_dtypes("number")
-    facts = [len(frame)] + [
-        getattr(numeric[c], f)() for c in numeric for f in ("sum", "mean", "median", "max")
-    ]
-    for group in ("region", "category", "product", "channel"):
-        facts += [*frame.groupby(group)[list(numeric)].sum().to_numpy().ravel()]
-        facts += [*frame.groupby(group)[list(numeric)].mean().to_numpy().ravel()]
-    return [float(f) for f in facts]
+def pandas_findings(frame: pd.DataFrame, spec: dict) -> tuple[dict, dict]:
+    """The findings and tables an analysis of `spec` must report, computed here with plain pandas."""
+    measure, how, group, date = spec["measure"], spec["aggregation"], spec["group_by"], spec["date"]
+    what = {"sum": f"total {measure}", "mean": f"average {measure}", "count": "number of rows"}[how]
+
+    def agg(grouped):
+        return grouped.size() if how == "count" else grouped[measure].agg(how)
+
+    found = {
+        "rows": len(frame),
+        f"{what} over all rows": len(frame) if how == "count" else frame[measure].agg(how),
+    }
+    tables = {}
+    if group:
+        by = agg(frame.groupby(group)).sort_values(ascending=False)
+        tables[f"{what} by {group}"] = {str(k): v for k, v in by.items()}
+        found |= {
+            f"largest {group} by {what}": str(by.index[0]),
+            f"{what} of the largest {group}": by.iloc[0],
+            f"smallest {group} by {what}": str(by.index[-1]),
+            f"{what} of the smallest {group}": by.iloc[-1],
+        }
+        if how != "mean":
+            found[f"share of the largest {group} in {what}"] = 100 * by.iloc[0] / by.sum()
+    if date:
+        when = pd.to_datetime(frame[date])
+        # One year of days: weeks (53) are too many for a readable chart, so weeks become months.
+        period = "quarter" if spec["period"] == "quarter" else "month"
+        per = agg(frame.groupby(when.dt.to_period(period[0].upper())))
+        per.index = per.index.to_timestamp().strftime("%Y-%m")
+        tables[f"{what} per {period}"] = per.to_dict()
+        daily = agg(frame.groupby(when.dt.date))
+        q1, q3 = daily.quantile([0.25, 0.75])
+        high = daily[daily > q3 + 1.5 * (q3 - q1)].sort_values(ascending=False)
+        slope = np.polyfit(range(len(per)), per, 1)[0]
+        found |= {
+            "first date": str(when.min().date()),
+            "last date": str(when.max().date()),
+            f"{what} in the first {period} ({per.index[0]})": per.iloc[0],
+            f"{what} in the last {period} ({per.index[-1]})": per.iloc[-1],
+            f"change of {what} from the first to the last {period}": 100 * (per.iloc[-1] / per.iloc[0] - 1),
+            f"{period} with the highest {what}": per.idxmax(),
+            f"highest {what} in one {period}": per.max(),
+            f"{period} with the lowest {what}": per.idxmin(),
+            f"lowest {what} in one {period}": per.min(),
+            **({f"trend of {what} per {period} (least-squares slope)": slope} if len(per) > 2 else {}),
+            f"outlier days (daily {what} above Q3 + 1.5 IQR)": len(high),
+        }
+        if len(high):
+            found |= {f"day with the highest {what}": str(high.index[0]), f"{what} on that day": high.iloc[0]}
+    elif how != "count":
+        q1, q3 = frame[measure].quantile([0.25, 0.75])
+        found[f"outlier rows ({measure} above Q3 + 1.5 IQR)"] = int(
+            (frame[measure] > q3 + 1.5 * (q3 - q1)).sum()
+        )
+    corr = frame.select_dtypes("number").corr().abs().where(lambda c: np.triu(np.ones(c.shape, bool), 1))
+    (a, b) = corr.stack().idxmax()
+    found[f"strongest correlation between numeric columns ({a} and {b}, Pearson r)"] = frame[a].corr(frame[b])
+    return found, tables
+
+
+def assert_matches(reported, expected) -> None:
+    if isinstance(expected, str):
+        assert reported == expected
+    else:
+        assert reported == pytest.approx(float(expected), abs=0.006), (reported, expected)
 
 
 def plan_of(*steps: tuple[str, str, list[str]]) -> Plan:
@@ -59,27 +121,70 @@ def test_software_chain_fans_out_per_module_and_back_in(settings):
     assert plan.steps[-1].inputs == [*code_steps, "tests"]
 
 
-def test_example_task_end_to_end(settings):
+def test_the_software_chain_writes_modules_tests_them_in_the_sandbox_and_reviews(configure):
+    configure(llm_quality_roles='["planning", "code", "summary"]')  # the defaults for these roles
+    summary = run_agent_task(
+        "A small Python library for temperatures: convert between Celsius and Fahrenheit and classify a "
+        "temperature as freezing, mild or hot",
+        chain="software",
+    )
+    assert summary.plan_method == "software" and summary.success, summary.steps
+    steps = {
+        p.stem: StepOutcome.model_validate_json(p.read_text())
+        for p in (Path(summary.run_dir) / "steps").glob("*.json")
+    }
+    modules = [s.result for i, s in steps.items() if i.startswith("code_")]
+    assert modules and all(m.data["run_ok"] for m in modules)
+    tests = steps["tests"].result
+    assert tests.data["run_ok"] and tests.data["isolation"] == "bubblewrap"
+    assert "assert " in tests.data["code"] and "all tests passed" in tests.data["stdout"].lower()
+    assert steps["review"].result.answer.strip()
+
+
+def test_example_task_end_to_end(configure):
+    """The flagship task on the default models: the model's plan runs; every figure of the data step is
+    recomputed with pandas; every number of the summary is one the earlier steps computed; charts are
+    readable PNGs."""
+    configure(llm_quality_roles='["planning", "data", "code", "summary"]')  # the defaults
     summary = run_agent_task(EXAMPLE_TASK)
     run_dir = Path(summary.run_dir)
     plan = Plan.model_validate_json((run_dir / "plan.json").read_text())
-    assert not check_plan(plan).problems
+    assert summary.plan_method == "llm" and not check_plan(plan).problems
     assert any(s.agent == "data" and "sales_2024" in s.instruction for s in plan.steps)
-    outcomes = {p.stem: json.loads(p.read_text()) for p in (run_dir / "steps").glob("*.json")}
+    outcomes = {
+        p.stem: StepOutcome.model_validate_json(p.read_text()) for p in (run_dir / "steps").glob("*.json")
+    }
     assert set(outcomes) == {s.id for s in plan.steps}
-    assert summary.steps == {i: o["status"] for i, o in outcomes.items()}
-    data_step = next(o for o in outcomes.values() if o["agent"] == "data" and o["status"] == "completed")
-    computed = numbers_in(data_step["result"]["data"]["result"])
-    truths = dataset_facts(load("sales_2024"))
-    assert any(abs(n - t) <= 0.005 * abs(t) for n in computed for t in truths if t), computed
+    assert summary.success and set(summary.steps.values()) == {"completed"}, summary.steps
+
+    [data_step] = [o.result for o in outcomes.values() if o.agent == "data"]
+    analysis = Analysis.model_validate(data_step.data["result"])
+    expected, tables = pandas_findings(load("sales_2024"), data_step.data["spec"])
+    assert {f.label for f in analysis.findings} == set(expected)
+    for finding in analysis.findings:
+        assert_matches(finding.value, expected[finding.label])
+    assert set(analysis.tables) == set(tables)
+    for title, table in tables.items():
+        assert set(analysis.tables[title]) == set(table)
+        for key, value in table.items():
+            assert_matches(analysis.tables[title][key], value)
+
+    [summary_step] = [o.result for o in outcomes.values() if o.agent == "summary"]
+    assert summary_step.answer.strip() and summary_step.data["unsupported_numbers"] == []
+
+    charts = [Chart.model_validate(c) for o in outcomes.values() for c in o.result.data.get("charts", [])]
+    assert charts and all(unreadable(c) is None for c in charts), charts
     report = Path(summary.report).read_text()
     assert report.startswith("# Agent report") and all(f"## {s.id} (" in report for s in plan.steps)
-    charts = list((run_dir / "figures").glob("*.png"))
-    assert charts and all(f"figures/{c.name}" in report for c in charts)
+    pngs = list((run_dir / "figures").glob("*.png"))
+    assert pngs and all(f"figures/{c.name}" in report for c in pngs)
+    for png in pngs:
+        height, width, _ = plt.imread(png).shape
+        assert width >= 500 and height >= 300, (png.name, width, height)
+
     run = tracking.client().get_run(summary.mlflow_run_id)
     assert json.loads(run.data.params["plan"])[0]["id"] == plan.steps[0].id
-    assert run.data.metrics["steps_completed"] == sum(s == "completed" for s in summary.steps.values())
-    assert run.data.metrics["success"] == float(summary.success)
+    assert run.data.metrics["steps_completed"] == len(plan.steps) and run.data.metrics["success"] == 1.0
 
 
 def test_failing_steps_keep_the_other_results(settings):
