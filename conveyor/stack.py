@@ -15,22 +15,18 @@ from pathlib import Path
 
 import httpx
 import psutil
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_not_result,
-    retry_if_result,
-    stop_after_delay,
-    wait_fixed,
-)
 
 from conveyor import runtime
+from conveyor.polling import wait_until
 from conveyor.settings import ConfigurationError, Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_NAME = "conveyor-local-worker"
 STOP_GRACE_S = 15.0
+
+
+class StillRunning(RuntimeError):
+    """A service's process outlived the grace period after SIGTERM."""
 
 
 @dataclass(frozen=True)
@@ -177,17 +173,13 @@ def _wait_healthy(service: Service, process: subprocess.Popen, log: Path) -> flo
             raise ConfigurationError(f"{service.name} exited with code {process.returncode}; see {log}")
         return service.is_ready(_probe(service.health_url), since)
 
-    polling = Retrying(
-        retry=retry_if_not_result(bool) | retry_if_exception_type(httpx.HTTPError),
-        stop=stop_after_delay(service.ready_timeout_s),
-        wait=wait_fixed(0.5),
+    wait_until(
+        healthy,
+        service.ready_timeout_s,
+        0.5,
+        lambda: ConfigurationError(f"{service.name} not healthy in {service.ready_timeout_s:.0f} s ({log})"),
+        transient=(httpx.HTTPError,),
     )
-    try:
-        polling(healthy)
-    except RetryError:
-        raise ConfigurationError(
-            f"{service.name} not healthy after {service.ready_timeout_s:.0f} s; see {log}"
-        ) from None
     return time.monotonic() - started
 
 
@@ -251,12 +243,9 @@ def _stop(name: str, settings: Settings) -> bool:
     if pid:
         # Each service leads its own session: signal its group so child processes stop with it.
         os.killpg(pid, signal.SIGTERM)
-        until_gone = Retrying(
-            retry=retry_if_result(bool), stop=stop_after_delay(STOP_GRACE_S), wait=wait_fixed(0.2)
-        )
         try:
-            until_gone(start_time, pid)
-        except RetryError:  # still alive after the grace period
+            wait_until(lambda: not start_time(pid), STOP_GRACE_S, 0.2, StillRunning)
+        except StillRunning:  # after the grace period
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return pid is not None

@@ -17,27 +17,17 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    retry_if_not_result,
-    stop_after_delay,
-    wait_fixed,
-)
+
+from conveyor.polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def poll(probe: Callable[[], Any], deadline_s: float, what: str, every_s: float = 1.0) -> Any:
     """The first truthy result of `probe`; AssertionError naming `what` if none came within the deadline."""
-    polling = Retrying(
-        retry=retry_if_not_result(bool), stop=stop_after_delay(deadline_s), wait=wait_fixed(every_s)
+    return wait_until(
+        probe, deadline_s, every_s, lambda: AssertionError(f"not seen: {what} within {deadline_s:.0f} s")
     )
-    try:
-        return polling(probe)
-    except RetryError:
-        raise AssertionError(f"not seen: {what} within {deadline_s:.0f} s") from None
 
 
 def free_port() -> int:
@@ -67,13 +57,8 @@ class ThreadedServer:
                 raise RuntimeError("the API server did not start")
             return self._server.started
 
-        polling = Retrying(  # startup loads the LLM
-            retry=retry_if_not_result(bool), stop=stop_after_delay(300), wait=wait_fixed(0.05)
-        )
-        try:
-            polling(started)
-        except RetryError:
-            raise RuntimeError("the API server did not start within 300 s") from None
+        # start-up loads the LLM
+        wait_until(started, 300, 0.05, lambda: RuntimeError("the API server did not start within 300 s"))
         return self
 
     def __exit__(self, *_) -> None:
@@ -119,16 +104,17 @@ class ProcessServer:
                 raise RuntimeError(f"the API process exited; see {self._log_path}")
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
 
-        polling = Retrying(
-            retry=retry_if_not_result(bool) | retry_if_exception_type(httpx.HTTPError),
-            stop=stop_after_delay(max(0.0, self._deadline - time.monotonic())),
-            wait=wait_fixed(0.3),
-        )
         try:
-            polling(up)
-        except RetryError:
+            wait_until(
+                up,
+                max(0.0, self._deadline - time.monotonic()),
+                0.3,
+                lambda: RuntimeError(f"the API process did not answer /health; see {self._log_path}"),
+                transient=(httpx.HTTPError,),
+            )
+        except RuntimeError:
             self.__exit__()
-            raise RuntimeError(f"the API process did not answer /health; see {self._log_path}") from None
+            raise
         return self
 
     def __exit__(self, *_) -> None:

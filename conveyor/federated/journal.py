@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tenacity import RetryError, Retrying, retry_if_not_result, stop_after_delay, wait_fixed
+from conveyor.polling import wait_until
 
 JOURNAL_FILE = "journal.jsonl"
 
@@ -55,10 +55,6 @@ class Journal:
             check_alive()
             return {}
 
-        polling = Retrying(
-            retry=retry_if_not_result(bool), stop=stop_after_delay(timeout_s), wait=wait_fixed(poll_s)
+        return wait_until(
+            first_wanted, timeout_s, poll_s, lambda: FederationError(f"no {what} within {timeout_s:.0f} s")
         )
-        try:
-            return polling(first_wanted)
-        except RetryError:
-            raise FederationError(f"no {what} within {timeout_s:.0f} s") from None

@@ -16,10 +16,10 @@ from typing import Any
 
 import psutil
 import tomli_w
-from tenacity import RetryError, Retrying, retry_if_not_result, stop_after_delay, wait_fixed
 
 from conveyor import runtime
 from conveyor.federated.journal import JOURNAL_FILE, FederationError, Journal
+from conveyor.polling import wait_until
 
 APP_DIR = Path(__file__).resolve().parent
 CONNECTION = "conveyor-local"
@@ -190,18 +190,15 @@ class LocalFederation:
                 )
             return all(_listening(port) for port in ports)
 
-        polling = Retrying(
-            retry=retry_if_not_result(bool),
-            stop=stop_after_delay(self.startup_timeout_s),
-            wait=wait_fixed(0.2),
-        )
-        try:
-            polling(listening)
-        except RetryError:
-            raise FederationError(
+        wait_until(
+            listening,
+            self.startup_timeout_s,
+            0.2,
+            lambda: FederationError(
                 f"{name} did not listen on ports {ports} within {self.startup_timeout_s:.0f} s:\n"
                 f"{_log_tail(self.log_dir / f'{name}.log')}"
-            ) from None
+            ),
+        )
 
     def submit(self, run_config: dict[str, Any], timeout_s: float = 120.0) -> int:
         """Start a run of the app with `run_config` overrides on the SuperLink; returns Flower's run id."""
