@@ -1,8 +1,6 @@
 """Compatibility routes: a client written against the original contract, end to end over HTTP; errors."""
 
-import time
 import uuid
-from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +11,7 @@ from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD
 from flows.run_agent_task import run_agent_task
 from flows.train_tabular import ForestConfig, TrainTabularParams, train_tabular
 from serving.api.routes import compat
+from serving.contract_client import ContractClient
 from serving.testing import login
 
 MODEL = "compat-forest"
@@ -25,32 +24,6 @@ COMPAT_PATHS = {
     ("post", "/ml/train"), ("post", "/ml/predict"), ("post", "/ml/generate"),
     ("post", "/ml/analyze-sentiment"),
 }  # fmt: skip
-
-
-class OriginalClient:
-    """The mobile client as first specified: JSON sign-in, then bearer calls to the original paths."""
-
-    def __init__(self, http: httpx.Client) -> None:
-        self.http = http
-
-    def login(self, username: str, password: str) -> str:
-        token = self.call("POST", "/auth/login", json={"username": username, "password": password})["token"]
-        self.http.headers["Authorization"] = f"Bearer {token}"
-        return token
-
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
-        assert response.is_success, f"{method} {path}: {response.status_code} {response.text[:500]}"
-        return response.json()
-
-    def wait(self, task_id: str, timeout_s: float = 600) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            status = self.call("GET", f"/data/status/{task_id}")
-            if status["status"] in TERMINAL:
-                return status
-            time.sleep(1)
-        raise AssertionError(f"task {task_id} did not finish: {status}")
 
 
 def run_parameters(run_id: str) -> dict:
@@ -80,12 +53,12 @@ def other_user(api, auth) -> dict[str, str]:
     return login(api.url, *OTHER)
 
 
-class TestOriginalClient:
+class TestContractClient:
     def test_every_call_of_the_contract_works_end_to_end(self, api, deployed, champion):
         with httpx.Client(base_url=api.url, timeout=300) as http:
-            self.run_client(OriginalClient(http), champion)
+            self.run_client(ContractClient(http), champion)
 
-    def run_client(self, client: OriginalClient, champion: str) -> None:
+    def run_client(self, client: ContractClient, champion: str) -> None:
         token = client.login("admin", DEVELOPMENT_ADMIN_PASSWORD)
         assert client.call("POST", "/auth/verify", json={"token": token}) == {
             "valid": True, "username": "admin", "role": "admin",
@@ -134,7 +107,7 @@ class TestOriginalClient:
         assert generated["text"] and generated["finish_reason"] in ("stop", "length")
 
 
-def rows_of(client: OriginalClient, dataset_id: str) -> list[dict]:
+def rows_of(client: ContractClient, dataset_id: str) -> list[dict]:
     return client.call("GET", f"/data/datasets/{dataset_id}", params={"limit": 1})["data"]
 
 

@@ -209,6 +209,20 @@ class TestDeployments:
         )
         assert "Validation failed" in bad.stdout + bad.stderr and "UUID:" not in bad.stdout
 
+    def test_the_original_contract_client_passes_against_the_stack(self, running_stack):
+        """`python -m serving.contract_client URL` as a user runs it against `make up` (the deployments above:
+        /ml/train starts train-tabular on the local pool and the stack's worker runs it)."""
+        url = f"http://{running_stack.api_host}:{running_stack.api_port}"
+        done = subprocess.run(  # the admin password comes from CONVEYOR_ADMIN_PASSWORD, as the stack's
+            [sys.executable, "-m", "serving.contract_client", url],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "contract: every call passed" in done.stdout and "predict: {" in done.stdout
+
 
 class TestFaults:
     def test_a_killed_worker_leaves_the_run_crashed_and_a_retry_completes(
