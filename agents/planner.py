@@ -170,6 +170,16 @@ PROMPT_EXAMPLES: list[tuple[str, list[dict]]] = [
         ],
     ),
     (
+        "Chart the number of orders per month in orders.csv",
+        [
+            {
+                "id": "s1",
+                "agent": "data",
+                "instruction": "Count orders per month in orders.csv; draw a bar chart",
+            }
+        ],
+    ),
+    (
         "What is a Python decorator? Write one that times a function.",
         [
             {"id": "s1", "agent": "research", "instruction": "Explain what a Python decorator is"},
@@ -182,7 +192,12 @@ PROMPT_EXAMPLES: list[tuple[str, list[dict]]] = [
         ],
     ),
 ]
-RELEVANCE_MIN = 0.2  # MiniLM cosine between a step's instruction and the task; below it the step is off-task
+# MiniLM cosine between a step's instruction and the task (or a part of it): below it, the step is off-task.
+RELEVANCE_MIN = 0.2
+TASK_CLAUSE = re.compile(r"[.;:!?,](?:\s|$)|\b(?:and|then)\b")
+FILE_NAME = re.compile(
+    r"\b[\w-]+(?:\.[\w-]+)*\.(?:csv|tsv|json|jsonl|txt|md|py|parquet|xlsx)\b", re.IGNORECASE
+)
 
 
 def numbered(steps: list[dict]) -> list[dict] | None:
@@ -197,26 +212,31 @@ def numbered(steps: list[dict]) -> list[dict] | None:
     ]
 
 
-def prompt_examples(task: str, agents: Sequence[str]) -> list[tuple[str, list[dict]]]:
-    """The most similar past plan when one is close enough (and uses only `agents`), else the worked ones."""
+def remembered_example(task: str, agents: Sequence[str]) -> tuple[str, list[dict]] | None:
+    """The most similar successful past plan, when it is close enough to `task` (setting
+    planner_memory_min_similarity) and uses only `agents`; an unrelated plan would only mislead the model."""
     threshold = get_settings().planner_memory_min_similarity
     for past in memory.similar(task, "planner", k=1, min_similarity=threshold):
         steps = numbered(json.loads(past["plan"]).get("steps", []))
         if steps and all(s["agent"] in agents for s in steps):
-            return [(past["task"], steps)]
-    return [(t, s) for t, s in PROMPT_EXAMPLES if all(step["agent"] in agents for step in s)]
+            return past["task"], steps
+    return None
 
 
 def plan_prompt(task: str, agents: Sequence[str] = tuple(AGENTS)) -> list[dict]:
-    catalogue = "\n".join(f"- {name}: {AGENTS[name].description}" for name in agents)
+    """System rules, the worked examples, a remembered similar plan if any, then the task. Everything before
+    the remembered plan is the same for every task, so llama.cpp reuses its evaluated prefix."""
+    catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
     system = (
         "You plan how agents solve a task. Split the task into 1 to 5 steps s1, s2, ... in order; each step "
         "has one agent, a short precise instruction that names the files it uses, and `inputs`: the earlier "
-        "steps whose results it needs. Plan only the steps the task asks for. A Markdown report of all "
-        f"results is written automatically: plan no step for it.\nAgents:\n{catalogue}"
+        "steps whose results it needs. Plan only the steps the task asks for (the data agent draws charts "
+        "itself). A Markdown report of all results is written automatically: plan no step for it.\n"
+        f"Agents:\n{catalogue}"
     )
     messages = [{"role": "system", "content": system}]
-    for example_task, steps in prompt_examples(task, agents):
+    remembered = remembered_example(task, agents)
+    for example_task, steps in [*PROMPT_EXAMPLES, *([remembered] if remembered else [])]:
         messages += [
             {"role": "user", "content": f"Task: {example_task}"},
             {"role": "assistant", "content": json.dumps({"steps": steps})},
@@ -225,7 +245,11 @@ def plan_prompt(task: str, agents: Sequence[str] = tuple(AGENTS)) -> list[dict]:
 
 
 class PlanRejected(ValueError):
-    """The model's plan cannot be used; the message says why."""
+    """The model's plan cannot be used; the message says why (`plan`: the rejected plan, if it parsed)."""
+
+    def __init__(self, message: str, plan: Plan | None = None) -> None:
+        super().__init__(message)
+        self.plan = plan
 
 
 def llm_plan(task: str) -> Plan:
@@ -254,9 +278,9 @@ def llm_plan(task: str) -> Plan:
     ]
     plan = Plan(task=task, steps=steps, method="llm")
     if problems := check_plan(plan).problems:
-        raise PlanRejected("; ".join(f"{step}: {why}" for step, why in problems.items()))
+        raise PlanRejected("; ".join(f"{step}: {why}" for step, why in problems.items()), plan)
     if problem := coverage_problem(plan, task):
-        raise PlanRejected(problem)
+        raise PlanRejected(problem, plan)
     return plan
 
 
@@ -274,16 +298,28 @@ def covers_task(plan: Plan, task: str) -> bool:
     return coverage_problem(plan, task) is None
 
 
+def task_parts(task: str) -> list[str]:
+    """The task and its clauses ("analyse X, write code for Y and summarise it"): a step often does one."""
+    clauses = (c.strip() for c in TASK_CLAUSE.split(task))
+    return [task, *(c for c in clauses if len(c.split()) >= 2)]
+
+
 def coverage_problem(plan: Plan, task: str) -> str | None:
-    """Why `plan` does not cover `task` (a step off the task, a named dataset no data step analyses)."""
+    """Why `plan` does not cover `task`: a step far from every part of the task, a step naming a file the
+    task does not (the model copying an example's), or a named dataset that no data step analyses."""
     from conveyor.embeddings import embed
 
-    vectors = embed([task, *[s.instruction for s in plan.steps]])
-    relevance = vectors[1:] @ vectors[0]
+    dataset = named_dataset(task)
+    known_files = {f.lower() for f in FILE_NAME.findall(task)} | ({f"{dataset}.csv"} if dataset else set())
+    for step in plan.steps:
+        if foreign := [f for f in FILE_NAME.findall(step.instruction) if f.lower() not in known_files]:
+            return f"step {step.id} names {', '.join(foreign)}, which the task does not"
+    parts = task_parts(task)
+    vectors = embed([*parts, *[s.instruction for s in plan.steps]])
+    relevance = (vectors[len(parts) :] @ vectors[: len(parts)].T).max(axis=1)
     if relevance.min() < RELEVANCE_MIN:
         step = plan.steps[int(relevance.argmin())]
         return f"step {step.id} is off the task (similarity {relevance.min():.2f} < {RELEVANCE_MIN})"
-    dataset = named_dataset(task)
     if dataset and not any(s.agent == "data" and dataset in s.instruction for s in plan.steps):
         return f"no data step analyses {dataset}.csv"
     return None

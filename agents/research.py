@@ -90,12 +90,16 @@ def answer(request: ResearchRequest, on_token: Callable[[str], None] | None = No
     degraded = {"failed_domains": failed} if failed else {}  # the answer lacks these domains
     if not sources:
         return AgentResult(agent=NAME, answer=NO_ANSWER, data={"citations": [], **degraded})
-    numbered = "\n\n".join(f"[{s['n']}] {s['title'] or s['doc_id']}: {s['text']}" for s in sources)
+    numbered = "\n\n".join(f"Source [{s['n']}] ({s['title'] or s['doc_id']}):\n{s['text']}" for s in sources)
     context = f"\n\nEarlier results:\n{request.context[:2000]}" if request.context else ""
     system = prompts.system_prompt(NAME, SYSTEM)
     messages = [
         {"role": "system", "content": system.text},
-        {"role": "user", "content": f"Sources:\n{numbered}{context}\n\nQuestion: {request.instruction}"},
+        {
+            "role": "user",
+            "content": f"Question: {request.instruction}\n\n{numbered}{context}\n\n"
+            f"Answer the question in a full sentence, citing the source: {request.instruction}",
+        },
     ]
     try:
         text = generate(messages, "research", on_token, max_tokens=200, temperature=0.1)

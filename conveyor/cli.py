@@ -1,9 +1,10 @@
-"""`conveyor` command: check configuration, start/stop the local stack, manage API users."""
+"""`conveyor` command: check configuration, start/stop the local stack, answer runs paused for approval."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from conveyor import runtime
 from conveyor.settings import ConfigurationError, get_settings
@@ -31,6 +32,30 @@ def _down(_: argparse.Namespace) -> None:
     stack.down()
 
 
+def _approve(args: argparse.Namespace) -> None:
+    """Answer a run paused for approval (run-agent-task's plan, a training run's promotion)."""
+    import json
+    import uuid
+
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        run_id = uuid.UUID(args.run_id)
+    except ValueError:
+        raise ConfigurationError(f"not a flow run id: {args.run_id!r}") from None
+    answer: dict = {"approve": not args.reject, "comment": args.comment}
+    if args.plan:
+        answer["plan"] = json.loads(args.plan.read_text())
+    try:
+        resume_flow_run(run_id, run_input=answer)
+    except ObjectNotFound:
+        raise ConfigurationError(f"no flow run {run_id}") from None
+    except (NotPausedError, FlowPauseTimeout, RuntimeError) as exc:  # or the input does not fit its form
+        raise ConfigurationError(f"flow run {run_id} refused the answer: {exc}") from None
+    print(f"{'rejected' if args.reject else 'approved'}: flow run {run_id}")
+
+
 def main(argv: list[str] | None = None) -> None:
     runtime.configure()  # before a command imports prefect or mlflow
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
@@ -40,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         handler=_up
     )
     commands.add_parser("down", help="stop what `up` started").set_defaults(handler=_down)
+    approve = commands.add_parser("approve", help="approve (or --reject) a run paused for approval")
+    approve.add_argument("run_id", help="the paused flow run's id")
+    approve.add_argument("--reject", action="store_true", help="reject: the plan does not run / no promotion")
+    approve.add_argument("--comment", default="", help="why (kept in the run's logs or on the model)")
+    approve.add_argument("--plan", type=Path, help="run-agent-task: a JSON file with the edited plan to run")
+    approve.set_defaults(handler=_approve)
     args = parser.parse_args(argv)
     try:
         args.handler(args)

@@ -1,4 +1,5 @@
-"""Answer lineage: the data, index versions, models, route and trace behind one answer, and links to them."""
+"""Answer lineage: the data, index versions, models, prompts, route and trace behind one answer, and links to
+them."""
 
 from __future__ import annotations
 
@@ -54,15 +55,28 @@ class RouteDecision(BaseModel):
     score: float | None = Field(None, description="The router's confidence in `agent` (0 to 1).")
 
 
+class PromptRef(BaseModel):
+    """A prompt an agent used: its name in MLflow's prompt registry and the version."""
+
+    name: str
+    version: int | None = Field(description="null: the registry was unreachable, the text in code was used.")
+
+
 class Lineage(BaseModel):
-    """Which data, index versions, models and run produced an answer."""
+    """Which data, index versions, models, prompts and run produced an answer."""
 
     answer_id: str = Field(default_factory=lambda: uuid4().hex)
     domains: list[DomainRead]
     embedding: EmbeddingModel
     llm: LanguageModel | None = None
+    prompts: list[PromptRef] = Field(default_factory=list, description="`prompts:/NAME/VERSION` in MLflow.")
     data_revision: DataRevision
     router: RouteDecision | None = None
+    confidence: float | None = Field(
+        None,
+        description="The research agent's calibrated probability that the answer is right (from retrieval "
+        "similarity and citation support); null for other agents and for no answer.",
+    )
     trace_id: str | None = Field(None, description="The answer's MLflow trace; null when not traced.")
 
 
@@ -73,25 +87,49 @@ class Links(BaseModel):
     trace: str | None = Field(description="MLflow UI page of the trace.")
 
 
-_reads: ContextVar[list[DomainRead] | None] = ContextVar("conveyor_lineage_reads", default=None)
+class Recording(list[DomainRead]):
+    """What one answer read (the domain reads, in order), plus the prompt versions its agent used and the
+    confidence it gave; `build` takes it as its `reads`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[PromptRef] = []
+        self.confidence: float | None = None
+
+
+_recording: ContextVar[Recording | None] = ContextVar("conveyor_lineage_recording", default=None)
 
 
 @contextmanager
-def recording() -> Iterator[list[DomainRead]]:
-    """Collect what every gateway query made in this context (one answer) read."""
-    reads: list[DomainRead] = []
-    token = _reads.set(reads)
+def recording() -> Iterator[Recording]:
+    """Collect what every gateway query, prompt and agent in this context (one answer) notes."""
+    recorded = Recording()
+    token = _recording.set(recorded)
     try:
-        yield reads
+        yield recorded
     finally:
-        _reads.reset(token)
+        _recording.reset(token)
 
 
 def note_reads(reads: list[DomainRead]) -> None:
     """Add a query's reads to the answer being recorded, if any (the gateway calls this)."""
-    recorded = _reads.get()
+    recorded = _recording.get()
     if recorded is not None:
         recorded.extend(reads)
+
+
+def note_prompt(prompt: PromptRef) -> None:
+    """Add a prompt version to the answer being recorded, if any (conveyor.prompts calls this)."""
+    recorded = _recording.get()
+    if recorded is not None and prompt not in recorded.prompts:
+        recorded.prompts.append(prompt)
+
+
+def note_confidence(confidence: float | None) -> None:
+    """Set the answer's confidence, if an answer is being recorded (the research agent calls this)."""
+    recorded = _recording.get()
+    if recorded is not None:
+        recorded.confidence = confidence
 
 
 @cache
@@ -133,8 +171,10 @@ def build(
         domains=list(unique.values()),
         embedding=embedding_model(),
         llm=llm,
+        prompts=reads.prompts if isinstance(reads, Recording) else [],
         data_revision=data_revision(),
         router=router,
+        confidence=reads.confidence if isinstance(reads, Recording) else None,
         trace_id=trace_id,
     )
 

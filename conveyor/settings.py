@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     llm_context: int = Field(4096, ge=512)
     llm_timeout_s: float = Field(120.0, gt=0)
     planner_memory_min_similarity: float = Field(
-        0.6,
+        0.7,
         ge=-1,
         le=1,
         description="A past plan is the planner's prompt example only from this task-embedding cosine up "

@@ -22,6 +22,7 @@ from mlflow.entities.trace_location import MlflowExperimentLocation
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from conveyor.settings import ConfigurationError, get_settings
 
@@ -80,7 +81,8 @@ def provenance_tags() -> dict[str, str]:
     """Prefect flow run, deployment and git commit of the current process, where known."""
     from prefect.runtime import deployment, flow_run
 
-    tags = {"conveyor.git_commit": git_commit()}
+    commit = git_commit()
+    tags = {"conveyor.git_commit": commit, "conveyor.git_dirty": commit and str(git_dirty()).lower()}
     if flow_run.id:
         tags |= {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_name": str(flow_run.flow_name)}
     if deployment.id:
@@ -97,6 +99,19 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip()
+
+
+@cache
+def git_dirty() -> bool:
+    """Whether tracked files differ from the commit (then the commit alone does not say what ran)."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out.stdout.strip())
 
 
 @contextmanager
@@ -156,6 +171,12 @@ def log_run_report(
             mlflow.log_artifacts(str(item), artifact_path=artifact_path or None)
         else:
             mlflow.log_artifact(str(item), artifact_path=artifact_path or None)
+
+
+def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """Rows (same keys, scalar values) as a table artifact of the active run, shown in the MLflow UI."""
+    columns = list(rows[0]) if rows else []
+    mlflow.log_table({column: [row.get(column) for row in rows] for column in columns}, artifact_file)
 
 
 def log_step_metrics(
@@ -353,12 +374,72 @@ def start_span(
     )
 
 
-def trace_url(trace_id: str) -> str | None:
-    """The MLflow UI page of an answer's trace (for a database store, the `make up` server on it)."""
-    experiment = _trace_store.experiment()
-    if experiment is None:
-        return None
+def ui_url(page: str) -> str:
+    """An MLflow UI page (`#/models/NAME`...): on the tracking server, or for a database store the
+    `make up` server on it."""
     uri = get_settings().tracking_uri
     base = _public(uri) if uri.startswith(("http://", "https://")) else None
     base = base or f"http://127.0.0.1:{get_settings().mlflow_port}"
-    return f"{base.rstrip('/')}/#/experiments/{experiment}/traces?selectedTraceId={trace_id}"
+    return f"{base.rstrip('/')}/{page.lstrip('/')}"
+
+
+def run_url(run_id: str, experiment_id: str) -> str:
+    return ui_url(f"#/experiments/{experiment_id}/runs/{run_id}")
+
+
+def trace_url(trace_id: str) -> str | None:
+    """The MLflow UI page of an answer's trace."""
+    experiment = _trace_store.experiment()
+    if experiment is None:
+        return None
+    return ui_url(f"#/experiments/{experiment}/traces?selectedTraceId={trace_id}")
+
+
+def reachable() -> bool:
+    """Whether the tracking store answers now (the verdict that tracing uses: probed at most once a minute,
+    with a short timeout), so that callers on an answer's path never wait on a store that is down."""
+    return _trace_store.experiment() is not None
+
+
+class PromptVersion(BaseModel):
+    """One version of a registered prompt."""
+
+    name: str
+    version: int
+    template: str
+    tags: dict[str, str]
+
+
+def prompt_version(name: str, alias: str) -> PromptVersion | None:
+    """The version of prompt `name` behind `prompts:/name@alias`, or None when the prompt or alias is
+    missing."""
+    try:
+        found = client().get_prompt_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        raise
+    return PromptVersion(name=name, version=int(found.version), template=str(found.template), tags=found.tags)
+
+
+def prompt_tags(name: str) -> dict[str, str] | None:
+    """The tags of prompt `name` (not of its versions), or None when there is no such prompt."""
+    found = client().get_prompt(name)
+    return None if found is None else dict(found.tags)
+
+
+def register_prompt(
+    name: str, template: str, *, alias: str, message: str, tags: dict[str, str], name_tags: dict[str, str]
+) -> int:
+    """A new version of prompt `name` (created if new) with version `tags`, moved under `alias`; the prompt
+    itself gets `name_tags`. Returns the version number."""
+    mlflow_client = client()
+    created = mlflow_client.register_prompt(name, template, commit_message=message, tags=tags)
+    for key, value in name_tags.items():
+        mlflow_client.set_prompt_tag(name, key, value)
+    mlflow_client.set_prompt_alias(name, alias, int(created.version))
+    return int(created.version)
+
+
+def set_prompt_alias(name: str, alias: str, version: int) -> None:
+    client().set_prompt_alias(name, alias, version)

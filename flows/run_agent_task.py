@@ -1,4 +1,7 @@
-"""Flow `run-agent-task`: a meta-agent plans agent steps; Prefect runs them, independent ones concurrently."""
+"""Flow `run-agent-task`: a meta-agent plans agent steps; Prefect runs them, independent ones concurrently.
+
+With `approve_plan`, the run pauses until a person approves, edits or rejects the plan (tasks/approval.py).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
 from pydantic import BaseModel
 
 from agents import memory
@@ -26,6 +30,8 @@ from tasks.agent_steps import (
     track_run,
     write_report,
 )
+from tasks.approval import APPROVAL_TIMEOUT_S
+from tasks.plan_approval import PlanRejected, review_plan
 
 EXAMPLE_TASK = (
     "Analyze the dataset sales_2024.csv, generate Python code for a visualization, summarize the "
@@ -97,11 +103,29 @@ def publish_performance() -> None:
 
 @flow(name="run-agent-task", log_prints=True)
 def run_agent_task(
-    task: str = EXAMPLE_TASK, plan: Plan | None = None, chain: Literal["planned", "software"] = "planned"
-) -> AgentRunSummary:
-    """Plan `task` (or take `plan`), run its steps as tasks, then report, track and remember the run."""
+    task: str = EXAMPLE_TASK,
+    plan: Plan | None = None,
+    chain: Literal["planned", "software"] = "planned",
+    approve_plan: bool = False,
+    approval_timeout_s: int = APPROVAL_TIMEOUT_S,
+) -> AgentRunSummary | State:
+    """Plan `task` (or take `plan`), have it approved if asked, run its steps as tasks, then report, track
+    and remember the run.
+
+    Args:
+        approve_plan: pause until a person approves, edits or rejects the plan (a form in the Prefect UI);
+            a rejected plan ends the run Cancelled, none of it run.
+        approval_timeout_s: seconds to wait for that answer; then the plan counts as rejected (run fails).
+    """
     started = time.perf_counter()
     plan = plan or make_plan(task, chain)
+    if approve_plan:
+        asked = time.perf_counter()
+        try:
+            plan = review_plan(plan, approval_timeout_s)
+        except PlanRejected as exc:
+            return Cancelled(message=str(exc))
+        started += time.perf_counter() - asked  # waiting for a person is not the run's latency
     outcomes = run_plan(plan, check_plan(plan))
     run_dir = get_settings().state_dir / "agent-runs" / str(flow_run.id or uuid.uuid4())
     report = write_report(plan, outcomes, run_dir)
@@ -126,8 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Plan and run agent steps for a task.")
     parser.add_argument("task", nargs="?", default=EXAMPLE_TASK)
     parser.add_argument("--software", action="store_true", help="the software-development chain")
+    parser.add_argument("--approve-plan", action="store_true", help="wait for a person to approve the plan")
     args = parser.parse_args(argv)
-    summary = run_agent_task(args.task, chain="software" if args.software else "planned")
+    chain: Literal["planned", "software"] = "software" if args.software else "planned"
+    summary = run_agent_task(args.task, chain=chain, approve_plan=args.approve_plan)
+    if isinstance(summary, State):
+        raise SystemExit(f"not run: {summary.message}")
     print(summary.model_dump_json(indent=2))
     print(f"report: {Path(summary.report)}")
 

@@ -1,4 +1,5 @@
-"""Flow `train-model`: Lightning training of the tabular MLP, tracked, registered, promoted when better.
+"""Flow `train-model`: Lightning training of the tabular MLP, tracked, registered, promoted when better
+(and, with `approve_promotion`, when a person approves: tasks/approval.py).
 
 Run locally: `python -m flows.train_model --epochs 5 --devices 2` (DDP over 2 CPU processes).
 """
@@ -17,6 +18,7 @@ from conveyor.settings import get_settings
 from conveyor.training.fit import FitConfig, ModelConfig
 from conveyor.training.launch import join_as_worker
 from conveyor.training.params import TrainingParams
+from tasks.approval import PromotionApproval, review_promotion
 from tasks.training import (
     DatasetRef,
     check_dataset,
@@ -35,7 +37,7 @@ SHARED_WITH_FIT = {
 }  # fmt: skip
 
 
-class TrainModelParams(TrainingParams):
+class TrainModelParams(TrainingParams, PromotionApproval):
     """Parameters of `train-model` (also the deployment's parameter schema); numeric features, an integer
     class label (0..K-1) as target."""
 
@@ -70,7 +72,10 @@ def train_model(params: TrainModelParams | None = None) -> TrainingResult:
         log_training_inputs(run_id, params.model_dump(), data, resumed=params.resume_run_id is not None)
         outcome = fit_lightning(fit_config(params, data, run_id))
         model_uri = log_lightning_model(run_id, outcome, data)
-        decision = promote(run_id, model_uri, params.registered_name, data, "accuracy", params.seed)
+        decision = promote(
+            run_id, model_uri, params.registered_name, data, "accuracy", params.seed, params.approve_promotion
+        )
+    decision = review_promotion(decision, params)
     return TrainingResult(run_id=run_id, model_uri=model_uri, decision=decision, metrics=outcome.metrics)
 
 
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> TrainingResult | None:
         action="store_true",
         help="Node NODE_RANK>0 of a multi-node run: join node 0's fit (MASTER_ADDR/PORT).",
     )
+    parser.add_argument("--approve-promotion", action="store_true", help="a person approves @champion")
     for name, field in TrainModelParams.model_fields.items():
         if field.annotation in (int, str, str | None) or name in {"accelerator", "strategy", "precision"}:
             parser.add_argument(f"--{name.replace('_', '-')}", type=int if field.annotation is int else str)

@@ -1,5 +1,6 @@
-"""Flow `train-router`: the chat router's classifier on agents/router_training.jsonl (MiniLM embeddings,
-logistic regression), tracked, registered as `message-router`, promoted when it beats `@champion`.
+"""Flow `train-router`: the chat router's classifier on agents/router_training.jsonl plus users' routing
+corrections (MiniLM embeddings, logistic regression), tracked, registered as `message-router`, promoted
+when it beats `@champion`.
 
 Run locally: `python -m flows.train_router`.
 """
@@ -28,6 +29,10 @@ class TrainRouterParams(BaseModel):
     c: float = Field(DEFAULT_C, gt=0, description="Inverse regularisation strength of the classifier.")
     folds: int = Field(5, ge=2, description="Cross-validation folds over the training split.")
     seed: int = Field(0, description="Fold shuffling seed.")
+    corrections: bool = Field(
+        True,
+        description="Add the messages users re-routed (chat feedback naming an agent) to the training set.",
+    )
 
 
 class RouterResult(BaseModel):
@@ -41,7 +46,7 @@ class RouterResult(BaseModel):
 def train_router(params: TrainRouterParams | None = None) -> RouterResult:
     """Check the labelled messages, cross-validate and fit the classifier, register and promote it."""
     params = params or TrainRouterParams()
-    data = check_router_examples(str(TRAINING_FILE))
+    data = check_router_examples(str(TRAINING_FILE), params.corrections)
     with tracking.start_run(EXPERIMENT, tags=data.tags()) as run:
         run_id = run.info.run_id
         fitted = fit_router(run_id, data, params.c, params.folds, params.seed)

@@ -1,4 +1,5 @@
-"""Flow `train-tabular`: a scikit-learn forest on a catalog CSV, tracked, registered, promoted when better.
+"""Flow `train-tabular`: a scikit-learn forest on a catalog CSV, tracked, registered, promoted when better
+(and, with `approve_promotion`, when a person approves: tasks/approval.py).
 
 Run locally: `python -m flows.train_tabular --dataset breast_cancer --target malignant`.
 """
@@ -15,6 +16,7 @@ from conveyor import tracking
 from conveyor.registry import PromotionDecision
 from conveyor.training.params import TrainingParams
 from conveyor.training.validation import Task
+from tasks.approval import PromotionApproval, review_promotion
 from tasks.training import check_dataset, fit_tabular, log_training_inputs, promote
 
 EXPERIMENT = "train-tabular"
@@ -27,7 +29,7 @@ class ForestConfig(BaseModel):
     min_samples_leaf: int = Field(1, ge=1)
 
 
-class TrainTabularParams(TrainingParams):
+class TrainTabularParams(TrainingParams, PromotionApproval):
     """Parameters of `train-tabular` (also the deployment's parameter schema)."""
 
     model_kind: ClassVar[str] = "forest"
@@ -44,7 +46,7 @@ class TabularResult(BaseModel):
 
 @flow(name="train-tabular", log_prints=True)
 def train_tabular(params: TrainTabularParams | None = None) -> TabularResult:
-    """Check the CSV, fit the forest, log it with its metrics, register and promote it."""
+    """Check the CSV, fit the forest, log it with its metrics, register and promote it (approved if asked)."""
     params = params or TrainTabularParams()
     data = check_dataset(params.dataset, params.target, params.features, params.task)
     with tracking.start_run(EXPERIMENT, tags=data.tags()) as run:
@@ -52,7 +54,10 @@ def train_tabular(params: TrainTabularParams | None = None) -> TabularResult:
         log_training_inputs(run_id, params.model_dump(), data)
         model_uri = fit_tabular(run_id, data, params.task, params.forest.model_dump(), params.seed)
         metric = "accuracy" if params.task == "classification" else "rmse"
-        decision = promote(run_id, model_uri, params.registered_name, data, metric, params.seed)
+        decision = promote(
+            run_id, model_uri, params.registered_name, data, metric, params.seed, params.approve_promotion
+        )
+    decision = review_promotion(decision, params)
     return TabularResult(run_id=run_id, model_uri=model_uri, decision=decision)
 
 
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> TabularResult:
     parser.add_argument("--task", choices=["classification", "regression"], default="classification")
     parser.add_argument("--model-name")
     parser.add_argument("--n-estimators", type=int, default=100)
+    parser.add_argument("--approve-promotion", action="store_true", help="a person approves @champion")
     args = parser.parse_args(argv)
     result = train_tabular(
         TrainTabularParams(
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> TabularResult:
             task=args.task,
             model_name=args.model_name,
             forest=ForestConfig(n_estimators=args.n_estimators),
+            approve_promotion=args.approve_promotion,
         )
     )
     print(result.model_dump_json(indent=2))

@@ -32,7 +32,9 @@ from serving.api.routes import (
     chat,
     compat,
     conversations,
+    dashboard,
     datasets,
+    feedback,
     flows,
     health,
     lineage,
@@ -122,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth,
         users,
         chat,
+        feedback,
         conversations,
         lineage,
         openai,
@@ -130,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runs,
         datasets,
         models,
+        dashboard,
     ):
         app.include_router(module.router)
     app.include_router(compat.router)  # last: GET /users/me stays ahead of its GET /users/{user_id}

@@ -148,6 +148,30 @@ def record_turn(
     session.commit()
 
 
+def answer_in(session: Session, user: User, conversation_id: str, answer_id: str | None) -> Message:
+    """An answer of the user's conversation: `answer_id`, or the latest one when None; LookupError (with
+    the reason) if the conversation is not the user's or holds no such answer."""
+    conversation = get_conversation(session, user, conversation_id)
+    query = select(Message).where(Message.conversation_id == conversation.id, Message.role == "assistant")
+    if answer_id is not None:
+        query = query.where(Message.answer_id == answer_id)
+    message = session.scalar(query.order_by(Message.id.desc()).limit(1))
+    if message is None:
+        raise LookupError(
+            f"no answer {answer_id!r} in conversation {conversation_id!r}"
+            if answer_id
+            else f"conversation {conversation_id!r} has no answer yet"
+        )
+    return message
+
+
+def run_owner(session: Session, run_id: str) -> int | None:
+    """The id of the user whose conversation holds the answer recorded as agent-memory run `run_id`
+    (None when no answer is: a flow's run)."""
+    query = select(Conversation.user_id).join(Message).where(Message.run_id == run_id).limit(1)
+    return session.scalar(query)
+
+
 def get_answer(session: Session, user: User, answer_id: str) -> Message:
     """The user's stored answer; LookupError if there is none or it is in someone else's conversation."""
     message = session.scalar(

@@ -61,7 +61,7 @@ class Message(Base):
     content: Mapped[str] = mapped_column(Text)
     agent: Mapped[str | None] = mapped_column(String(64))
     sources: Mapped[list | None] = mapped_column(JSON)
-    run_id: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[str | None] = mapped_column(String(64), index=True)  # the answer's agent-memory run
     answer_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
     lineage: Mapped[dict | None] = mapped_column(JSON)  # conveyor.lineage.Lineage of an answer
     created_at: Mapped[datetime] = mapped_column(default=_now)
@@ -106,14 +106,16 @@ def make_engine(url: str) -> Engine:
 
 
 def _add_new_columns(engine: Engine) -> None:
-    """Add to a database made by an older version the (nullable) columns its tables lack, with their
-    indexes: existing rows keep their data and read null there."""
+    """Add to a database made by an older version the (nullable) columns its tables lack, and the indexes
+    it lacks: existing rows keep their data and read null there."""
     inspector = inspect(engine)
     quote = engine.dialect.identifier_preparer.quote
     for table in Base.metadata.sorted_tables:
         present = {column["name"] for column in inspector.get_columns(table.name)}
         added = [column for column in table.columns if column.name not in present]
-        if not added:
+        indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+        missing = [index for index in table.indexes if index.name not in indexed]
+        if not added and not missing:
             continue
         with engine.begin() as connection:
             for column in added:
@@ -122,10 +124,8 @@ def _add_new_columns(engine: Engine) -> None:
                     text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
                 )
                 log.info("database: added column %s.%s (the database predates it)", table.name, column.name)
-            names = {column.name for column in added}
-            for index in table.indexes:
-                if names & {column.name for column in index.columns}:
-                    index.create(connection, checkfirst=True)
+            for index in missing:
+                index.create(connection, checkfirst=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -1,5 +1,5 @@
-"""Prefect tasks of `train-router`: check the labelled messages, fit and measure the router's classifier,
-register and promote it.
+"""Prefect tasks of `train-router`: check the labelled messages (the training file plus users' routing
+corrections from agent memory), fit and measure the router's classifier, register and promote it.
 
 Every task here has side effects in MLflow or reads a file that changes, so none is cached; none retries
 on its own (a retried registration would duplicate versions).
@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from agents import router_model
+from agents import memory, router_model
 from agents.catalog import AGENTS
 from agents.router_model import Example
 from conveyor import registry, tracking
@@ -28,15 +28,21 @@ DATASET_ID = "router-training"
 
 
 class RouterExamples(BaseModel):
-    """The checked training file: where, which bytes, how many messages per agent and held out."""
+    """The checked training set: where, which bytes, how many messages per agent, held out and added
+    from users' routing corrections."""
 
     path: str
     sha256: str
     per_agent: dict[str, int]
     held_out: int
+    corrections: int = 0
 
     def tags(self) -> dict[str, str]:
-        return {"conveyor.dataset_id": DATASET_ID, "conveyor.dataset_sha256": self.sha256}
+        return {
+            "conveyor.dataset_id": DATASET_ID,
+            "conveyor.dataset_sha256": self.sha256,
+            "conveyor.router_corrections": str(self.corrections),
+        }
 
 
 class RouterFit(BaseModel):
@@ -46,8 +52,9 @@ class RouterFit(BaseModel):
 
 
 @task(cache_policy=NO_CACHE)
-def check_router_examples(path: str) -> RouterExamples:
-    """Refuse a training file with an unknown agent, a missing agent or a message twice (normalised)."""
+def check_router_examples(path: str, corrections: bool = True) -> RouterExamples:
+    """Refuse a training file with an unknown agent, a missing agent or a message twice (normalised); with
+    `corrections`, the training set is the file plus the messages users re-routed (a file of its own)."""
     examples = router_model.load_examples(Path(path))
     missing = set(AGENTS) - {e.agent for e in examples}
     if missing:
@@ -56,12 +63,40 @@ def check_router_examples(path: str) -> RouterExamples:
     repeated = [text for text, count in seen.items() if count > 1]
     if repeated:
         raise ValueError(f"{path}: messages given more than once: {repeated[:3]}")
+    added = corrected_examples(examples) if corrections else []
+    if added:
+        examples = [*examples, *added]
+        path = _write_training_set(examples)
     return RouterExamples(
         path=path,
         sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
         per_agent=dict(Counter(e.agent for e in examples)),
         held_out=len(router_model.split(examples)[1]),
+        corrections=len(added),
     )
+
+
+def corrected_examples(examples: list[Example]) -> list[Example]:
+    """Users' routing corrections as examples: the latest per message, none for a message `examples`
+    already label (the curated file wins) or for an agent no longer in the catalogue."""
+    labelled = {router_model.normalise(e.message) for e in examples}
+    latest: dict[str, Example] = {}
+    for correction in memory.routing_corrections():
+        key = router_model.normalise(correction["message"])
+        if key and key not in labelled and correction["agent"] in AGENTS:
+            latest[key] = Example(message=correction["message"], agent=correction["agent"])
+    return list(latest.values())
+
+
+def _write_training_set(examples: list[Example]) -> str:
+    """The examples as a JSONL file under the state folder, named by its content."""
+    text = "".join(e.model_dump_json() + "\n" for e in examples)
+    folder = get_settings().state_dir / "router-training"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl"
+    if not path.is_file():
+        path.write_text(text)
+    return str(path)
 
 
 @task(cache_policy=NO_CACHE)

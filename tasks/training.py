@@ -143,9 +143,16 @@ def fit_tabular(run_id: str, data: DatasetRef, task: Task, forest: dict, seed: i
 
 @task(cache_policy=NO_CACHE)
 def promote(
-    run_id: str, model_uri: str, model_name: str, data: DatasetRef, metric: Metric, seed: int
+    run_id: str,
+    model_uri: str,
+    model_name: str,
+    data: DatasetRef,
+    metric: Metric,
+    seed: int,
+    hold: bool = False,
 ) -> registry.PromotionDecision:
-    """Register the model and move `@champion` only if it beats the champion on the held-out split."""
+    """Register the model and move `@champion` only if it beats the champion on the held-out split (with
+    `hold`, a person approves the move: tasks/approval.py)."""
     frame = datasets.load(data.id, data.version or None)
     stratify = data.target if data.classes else None
     _, _, held_out = split_frame(frame, stratify, seed)
@@ -156,6 +163,7 @@ def promote(
         metric=f"test_{metric}",
         evaluate=model_scorer(held_out, data.target, data.features, metric),
         greater_is_better=GREATER_IS_BETTER[metric],
+        hold=hold,
     )
 
 

@@ -25,6 +25,7 @@ FLOWS = {
     "train-model": "flows/train_model.py:train_model",
     "train-tabular": "flows/train_tabular.py:train_tabular",
     "train-router": "flows/train_router.py:train_router",
+    "evaluate-answers": "flows/evaluate_answers.py:evaluate_answers",
     "federated-training": "flows/federated_training.py:federated_training",
     "platform": "flows/end_to_end.py:platform",
 }

@@ -1,155 +1,117 @@
-// Conveyor web chat: sign in, stream answers from /chat/stream (server-sent events), show agent and sources.
-"use strict";
+// Conveyor web app: sign in, then four screens (dashboard, chat, analytics, training) behind #/ routes.
+import { errorOf, keepToken, request, session, whenExpired } from "./api.js";
+import * as analytics from "./analytics.js";
+import * as chat from "./chat.js";
+import * as dashboard from "./dashboard.js";
+import * as training from "./training.js";
+import { byId } from "./ui.js";
 
-const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("conveyor-token"), conversationId: null, user: null };
+const screens = { dashboard, chat, analytics, training };
+const titles = { dashboard: "Dashboard", chat: "Chat", analytics: "Analytics", training: "Training" };
+let current = null;
+let signedInAs = null; // who the kept screens belong to
 
-function show(signedIn) {
-  $("login").hidden = signedIn;
-  $("chat").hidden = !signedIn;
-  $("session").hidden = !signedIn;
+function screenName() {
+  const match = location.hash.match(/^#\/([a-z]+)/);
+  return match && screens[match[1]] ? match[1] : "dashboard";
+}
+
+function showSignIn(notice = "") {
+  byId("login").hidden = false;
+  byId("nav").hidden = true;
+  byId("session").hidden = true;
+  for (const name of Object.keys(screens)) byId(`screen-${name}`).hidden = true;
+  byId("login-notice").textContent = notice;
+  byId("login-error").textContent = "";
+  current = null;
+  document.title = "Sign in · Conveyor";
+  byId(byId("username").value ? "password" : "username").focus();
+}
+
+function route() {
+  if (!session.token || !session.user) return;
+  const name = screenName();
+  for (const key of Object.keys(screens)) byId(`screen-${key}`).hidden = key !== name;
+  for (const link of byId("nav").querySelectorAll("a")) {
+    if (link.dataset.screen === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.title = `${titles[name]} · Conveyor`;
+  const moved = current !== name;
+  current = name;
+  screens[name].show();
+  if (moved) byId(`${name}-title`).focus();
 }
 
 async function signIn(event) {
   event.preventDefault();
-  $("login-error").textContent = "";
-  const form = new URLSearchParams({ username: $("username").value, password: $("password").value });
-  const response = await fetch("/auth/token", { method: "POST", body: form });
-  if (!response.ok) {
-    $("login-error").textContent = response.status === 401 ? "Wrong username or password." : await errorText(response);
+  const error = byId("login-error");
+  error.textContent = "";
+  const username = byId("username").value.trim();
+  const password = byId("password").value;
+  if (!username || !password) {
+    error.textContent = "Enter your username and password.";
     return;
   }
-  state.token = (await response.json()).access_token;
-  sessionStorage.setItem("conveyor-token", state.token);
-  $("password").value = "";
-  await enter();
+  byId("login-button").disabled = true;
+  try {
+    const response = await fetch("/auth/token", {
+      method: "POST",
+      body: new URLSearchParams({ username, password }),
+    });
+    if (!response.ok) {
+      error.textContent = response.status === 401 ? "Wrong username or password." : (await errorOf(response)).message;
+      return;
+    }
+    keepToken((await response.json()).access_token);
+    byId("password").value = "";
+    await enter();
+  } catch {
+    error.textContent = "The API cannot be reached; check the connection and retry.";
+  } finally {
+    byId("login-button").disabled = false;
+  }
 }
 
 async function enter() {
-  const response = await fetch("/users/me", { headers: { Authorization: `Bearer ${state.token}` } });
-  if (!response.ok) return signOut();
-  state.user = await response.json();
-  $("whoami").textContent = state.user.username;
-  show(true);
-  $("message").focus();
+  let user;
+  try {
+    user = await request("/users/me");
+  } catch (error) {
+    if (error.status !== 401) showSignIn(`Could not sign in: ${error.message}.`);
+    return;
+  }
+  if (signedInAs && signedInAs !== user.username) {
+    location.reload(); // another person: start from clean screens (the new token is kept)
+    return;
+  }
+  session.user = user;
+  signedInAs = user.username;
+  byId("whoami").textContent = user.username;
+  byId("login").hidden = true;
+  byId("nav").hidden = false;
+  byId("session").hidden = false;
+  route();
+  for (const screen of Object.values(screens)) screen.resume?.();
+}
+
+function expired(failedToken) {
+  if (!session.token || session.token !== failedToken) return; // already handled, or signed in again since
+  keepToken(null);
+  session.user = null;
+  showSignIn("Your session has expired. Sign in again to continue; your work on this page is kept.");
 }
 
 function signOut() {
-  state.token = null;
-  state.conversationId = null;
-  sessionStorage.removeItem("conveyor-token");
-  $("messages").replaceChildren();
-  show(false);
+  keepToken(null);
+  location.hash = "";
+  location.reload();
 }
 
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
-  } catch {
-    return `HTTP ${response.status}`;
-  }
-}
-
-function addUserMessage(text) {
-  const item = document.createElement("li");
-  item.className = "message user";
-  item.textContent = text;
-  $("messages").append(item);
-}
-
-function addAssistantMessage() {
-  const item = $("assistant-template").content.firstElementChild.cloneNode(true);
-  $("messages").append(item);
-  return item;
-}
-
-function showFinal(item, final) {
-  item.querySelector(".text").textContent = final.answer;
-  item.querySelector(".agent").textContent = final.agent;
-  const list = item.querySelector(".sources");
-  list.replaceChildren(
-    ...final.sources.map((source) => {
-      const entry = document.createElement("li");
-      const name = source.title || source.doc_id || "source";
-      entry.textContent = source.domain ? `${name} (${source.domain})` : name;
-      return entry;
-    }),
-  );
-  item.querySelector(".sources-box").hidden = final.sources.length === 0;
-}
-
-// Parse a text/event-stream body into {event, data} objects as chunks arrive.
-async function* serverSentEvents(response) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value.replaceAll("\r\n", "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      let event = "message";
-      const data = [];
-      for (const line of block.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
-      }
-      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
-    }
-  }
-}
-
-async function send(event) {
-  event.preventDefault();
-  const message = $("message").value.trim();
-  if (!message) return;
-  $("message").value = "";
-  $("send-button").disabled = true;
-  $("status").textContent = "Thinking…";
-  addUserMessage(message);
-  const item = addAssistantMessage();
-  const text = item.querySelector(".text");
-  try {
-    const response = await fetch("/chat/stream", {
-      method: "POST",
-      headers: { Authorization: `Bearer ${state.token}`, "Content-Type": "application/json" },
-      body: JSON.stringify({ message, conversation_id: state.conversationId }),
-    });
-    if (response.status === 401) return signOut();
-    if (!response.ok) throw new Error(await errorText(response));
-    for await (const { event: kind, data } of serverSentEvents(response)) {
-      if (kind === "meta") state.conversationId = data.conversation_id;
-      else if (kind === "token") text.textContent += data.text;
-      else if (kind === "final") showFinal(item, data);
-      else if (kind === "error") throw new Error(data.detail);
-    }
-    $("status").textContent = "";
-  } catch (error) {
-    item.classList.add("failed");
-    text.textContent = `${text.textContent}\n${error.message}`.trim();
-    $("status").textContent = "The answer failed.";
-  } finally {
-    $("send-button").disabled = false;
-    item.scrollIntoView({ block: "end" });
-  }
-}
-
-$("login").addEventListener("submit", signIn);
-$("composer").addEventListener("submit", send);
-$("logout").addEventListener("click", signOut);
-$("new-conversation").addEventListener("click", () => {
-  state.conversationId = null;
-  $("messages").replaceChildren();
-  $("message").focus();
-});
-$("message").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey) {
-    event.preventDefault();
-    $("composer").requestSubmit();
-  }
-});
-if (state.token) enter();
-else show(false);
+whenExpired(expired);
+for (const screen of Object.values(screens)) screen.init();
+byId("login").addEventListener("submit", signIn);
+byId("logout").addEventListener("click", signOut);
+window.addEventListener("hashchange", route);
+if (session.token) enter();
+else showSignIn();

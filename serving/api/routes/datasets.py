@@ -1,4 +1,4 @@
-"""Data API over the dataset catalog: list, paged rows, per-column summary, versioned CSV upload."""
+"""Data API over the dataset catalog: list, paged rows, column summary, chart data, versioned CSV upload."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Form, HTTPException, Path, Query, UploadFile, sta
 from pydantic import BaseModel
 
 from conveyor import datasets
+from serving import analytics
 from serving.api.deps import CurrentUser, SettingsDep
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -74,6 +75,29 @@ def read_summary(dataset_id: DatasetId, _: CurrentUser, version: Version = None)
         return _json_safe(datasets.summary(dataset_id, version))
     except datasets.DatasetError as exc:
         raise http_error(exc) from None
+
+
+@router.get("/{dataset_id}/charts")
+def read_charts(
+    dataset_id: DatasetId,
+    _: CurrentUser,
+    group_by: Annotated[
+        str | None, Query(max_length=200, description="default: a column with few values")
+    ] = None,
+    value: Annotated[
+        str | None, Query(max_length=200, description="numeric column totalled by group")
+    ] = None,
+    bins: Annotated[int, Query(ge=2, le=100)] = 20,
+    version: Version = None,
+) -> dict[str, Any]:
+    """Chart data: each column's distribution, totals of `value` by `group_by`, numeric correlations."""
+    try:
+        frame = datasets.load(dataset_id, version)
+        return _json_safe(analytics.charts(frame, group_by, value, bins))
+    except datasets.DatasetError as exc:
+        raise http_error(exc) from None
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
 def _json_safe(value: Any) -> Any:

@@ -40,7 +40,7 @@ def _check_knowledge() -> None:
     knowledge.connect().list_tables()
 
 
-def _check_llm(settings: Settings) -> None:
+def check_llm(settings: Settings) -> None:
     """The embedded model is loaded, or the remote endpoint lists its models (nothing is generated)."""
     if settings.llm_backend == "embedded" or not settings.llm_base_url:
         from agents.llm import get_llm
@@ -116,7 +116,7 @@ async def ready(request: Request) -> JSONResponse:
         "tracking": _run_check(_check_tracking),
         "knowledge": _run_check(_check_knowledge),
         "orchestration": _run_check(_check_orchestration),
-        "llm": request.app.state.llm_readiness(lambda: _check_llm(settings)),
+        "llm": request.app.state.llm_readiness(lambda: check_llm(settings)),
     }
     results = await asyncio.gather(*checks.values())
     report = dict(zip(checks, results, strict=True))

@@ -1,4 +1,4 @@
-"""Predictions from registered champion models (`models:/{name}@champion`)."""
+"""Registered models: versions, the champion's lineage, and predictions from `models:/{name}@champion`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,22 @@ class PredictResponse(BaseModel):
     name: str
     version: str
     predictions: list[Any]
+
+
+@router.get("")
+def list_models(_: CurrentUser) -> list[registry.ModelSummary]:
+    """Every registered model with its versions, aliases and their runs' metrics."""
+    return registry.list_models()
+
+
+@router.get("/{name}", responses={404: {"description": "no such registered model"}})
+def read_model(name: ModelName, _: CurrentUser) -> registry.ModelDetail:
+    """One model's versions and what its champion came from: data (DVC md5 and revision), git commit,
+    Prefect flow run, MLflow run, params and metrics."""
+    try:
+        return registry.model_detail(name)
+    except registry.ModelNotFound as exc:
+        raise HTTPException(status_code=status.HTTP_404_NOT_FOUND, detail=str(exc)) from None
 
 
 @router.post("/{name}/predict", responses={404: {"description": "no champion"}, 422: {}})
