@@ -9,13 +9,13 @@ from difflib import SequenceMatcher
 
 import numpy as np
 import pytest
-import tenacity
 
 from agents import router, router_model
 from agents.catalog import AGENTS
 from conveyor import registry, tracking
 from conveyor.settings import get_settings
 from flows.train_router import train_router
+from serving.testing import poll
 from tasks.routing import check_router_examples
 
 TRAINING = router_model.load_examples()
@@ -138,6 +138,7 @@ class TestRoute:
         """Once a classifier is loaded, alias checks run in the background: a tracking server that hangs
         (here: the check waits on an event) leaves routing to the classifier in hand."""
         version, _ = router.classifier()
+        no_check_in_flight()  # one left by an earlier test would make this one's check look already done
         release = threading.Event()
         monkeypatch.setattr(registry, "champion_version", lambda name: release.wait(120) and None)
         monkeypatch.setattr(router, "REFRESH_S", 0.0)
@@ -147,9 +148,11 @@ class TestRoute:
             assert decision.classifier_version == version and decision.agent == "code"
         finally:
             release.set()
-        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(30), wait=tenacity.wait_fixed(0.1)):
-            with attempt:
-                assert not router._refreshing.is_set()
+        no_check_in_flight()
+
+
+def no_check_in_flight() -> None:
+    poll(lambda: not router._refreshing.is_set(), 30, "no registry alias check in flight", every_s=0.1)
 
 
 class TestTrainRouterFlow:
