@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import logging
-from typing import Final
+import tempfile
+from pathlib import Path
+from typing import Annotated, Final
+
+from pydantic import Field, StringConstraints
 
 from agents import memory
 from agents.analysis import unreadable
@@ -14,6 +19,7 @@ from agents.llm import LLMUnavailable
 from agents.sandbox import SandboxResult, SandboxUnavailable
 
 NAME: Final = "code"
+ModuleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,29}$")]
 CODE_DOMAIN = "python"
 log = logging.getLogger(__name__)
 SYSTEM = (
@@ -30,6 +36,35 @@ SYSTEM = (
 class CodeRequest(AgentRequest):
     execute: bool = True
     max_repairs: int = 2
+    modules: dict[ModuleName, str] = Field({}, description="Earlier steps' modules the code may import.")
+
+
+def module_files(modules: dict[str, str], folder: Path) -> dict[str, Path]:
+    """`modules` written as `<name>.py` files in `folder`, for the sandbox to copy next to the code."""
+    for name, source in modules.items():
+        (folder / f"{name}.py").write_text(source)
+    return {f"{name}.py": folder / f"{name}.py" for name in modules}
+
+
+def describe_modules(modules: dict[str, str]) -> str:
+    """What each module defines (top-level functions with their arguments, classes), for the prompt."""
+    lines = []
+    for name, source in modules.items():
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        defined = [
+            f"{node.name}({', '.join(a.arg for a in node.args.args)})"
+            if isinstance(node, ast.FunctionDef)
+            else f"class {node.name}"
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef | ast.ClassDef)
+        ]
+        lines.append(f"- {name}.py: {', '.join(defined) or '(no functions)'}")
+    if not lines:
+        return ""
+    return "\n\nModules in the current folder: import them, do not copy their code:\n" + "\n".join(lines)
 
 
 def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
@@ -70,6 +105,7 @@ def write(request: CodeRequest) -> AgentResult:
         )
     except DatasetMissing:
         files, data_note = {}, ""
+    data_note += describe_modules(request.modules)
     context = f"\n\nEarlier results:\n{request.context[:1500]}" if request.context else ""
     messages = [
         {
@@ -79,14 +115,15 @@ def write(request: CodeRequest) -> AgentResult:
         {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"},
     ]
     try:
-        attempt = write_code(
-            messages,
-            "code",
-            files=files,
-            execute=request.execute,
-            max_repairs=request.max_repairs,
-            check=shows_output,
-        )
+        with tempfile.TemporaryDirectory(prefix="conveyor-modules-") as folder:
+            attempt = write_code(
+                messages,
+                "code",
+                files=files | module_files(request.modules, Path(folder)),
+                execute=request.execute,
+                max_repairs=request.max_repairs,
+                check=shows_output,
+            )
     except LLMUnavailable as exc:
         return AgentResult.without_llm(
             NAME, exc, f"The language model is unavailable: {exc}", sources=sources

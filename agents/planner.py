@@ -134,27 +134,38 @@ PLAN_TOKENS = 320  # 5 steps of ~25-word instructions; a reply cut short is inva
 def plan_schema(agents: Sequence[str] = tuple(AGENTS)) -> type[StepList]:
     """The planner's reply schema: 1 to LLM_STEPS steps, the n-th with id `sn`, one of `agents`, and inputs
     that can only name earlier steps, so a grammar-constrained model cannot write a forward or unknown id.
+    A summary step condenses the others' results (the report then collects everything), so there is at most
+    one, and it ends the plan.
 
     JSON Schema cannot tie an item's fields to its position in a variable-length array, so `steps` is a
-    union of fixed-length tuples (`prefixItems`), one per plan length, of per-position step models."""
-    agent: Any = Literal[tuple(agents)]
-    positions: list[type[BaseModel]] = []
-    for n, step_id in enumerate(LLM_STEP_IDS):
+    union of fixed-length tuples (`prefixItems`) of per-position step models: per plan length, one tuple
+    without a summary step and one ending with it."""
+    doers = [a for a in agents if a != "summary"]
+
+    def position(n: int, names: Sequence[str], suffix: str = "") -> type[BaseModel]:
+        agent: Any = Literal[tuple(names)]
         fields: dict[str, Any] = {
-            "id": (Literal[step_id], ...),
+            "id": (Literal[LLM_STEP_IDS[n]], ...),
             "agent": (agent, ...),
             "instruction": (str, Field(min_length=1)),
         }
         if n:
             earlier: Any = Literal[LLM_STEP_IDS[:n]]
             fields["inputs"] = (list[earlier], Field(max_length=n))
-        positions.append(create_model(f"Step{n + 1}", **fields))
-    lengths = [tuple.__class_getitem__(tuple(positions[:length])) for length in range(1, LLM_STEPS + 1)]
-    plans: Any = reduce(operator.or_, lengths)  # one alternative per plan length
-    return create_model("StepList", __base__=StepList, steps=(plans, ...))
+        return create_model(f"Step{n + 1}{suffix}", **fields)
+
+    steps = [position(n, doers) for n in range(LLM_STEPS)] if doers else []
+    summaries = [position(n, ["summary"], "Summary") for n in range(LLM_STEPS)] if "summary" in agents else []
+    plans: list[Any] = []
+    for length in range(1, LLM_STEPS + 1):
+        if steps:
+            plans.append(tuple.__class_getitem__(tuple(steps[:length])))
+        if summaries and (length == 1 or steps):
+            plans.append(tuple.__class_getitem__((*steps[: length - 1], summaries[length - 1])))
+    return create_model("StepList", __base__=StepList, steps=(reduce(operator.or_, plans), ...))
 
 
-# Worked examples the prompt shows when memory holds no similar past plan (not tasks of the benchmark).
+# Worked examples every planning prompt shows (tasks unlike those of data/benchmarks/planner).
 PROMPT_EXAMPLES: list[tuple[str, list[dict]]] = [
     (
         "Analyze orders.csv, write code that plots orders per month, and summarize the findings",
@@ -231,7 +242,8 @@ def plan_prompt(task: str, agents: Sequence[str] = tuple(AGENTS)) -> list[dict]:
         "You plan how agents solve a task. Split the task into 1 to 5 steps s1, s2, ... in order; each step "
         "has one agent, a short precise instruction that names the files it uses, and `inputs`: the earlier "
         "steps whose results it needs. Plan only the steps the task asks for (the data agent draws charts "
-        "itself). A Markdown report of all results is written automatically: plan no step for it.\n"
+        "itself). After the last step, a Markdown report with every step's results and charts is written "
+        "automatically: plan no step for the report.\n"
         f"Agents:\n{catalogue}"
     )
     messages = [{"role": "system", "content": system}]
@@ -294,7 +306,7 @@ def plan_task(task: str) -> Plan:
 
 
 def covers_task(plan: Plan, task: str) -> bool:
-    """Every step is about the task (embedding similarity), and a named dataset is analysed by `data`."""
+    """Every step is about the task and names only its files; a named dataset is analysed by `data`."""
     return coverage_problem(plan, task) is None
 
 
@@ -305,8 +317,8 @@ def task_parts(task: str) -> list[str]:
 
 
 def coverage_problem(plan: Plan, task: str) -> str | None:
-    """Why `plan` does not cover `task`: a step far from every part of the task, a step naming a file the
-    task does not (the model copying an example's), or a named dataset that no data step analyses."""
+    """Why `plan` does not cover `task`: a step naming a file the task does not (the model copying an
+    example's), a step far from every part of the task, or a named dataset that no data step analyses."""
     from conveyor.embeddings import embed
 
     dataset = named_dataset(task)
@@ -314,11 +326,14 @@ def coverage_problem(plan: Plan, task: str) -> str | None:
     for step in plan.steps:
         if foreign := [f for f in FILE_NAME.findall(step.instruction) if f.lower() not in known_files]:
             return f"step {step.id} names {', '.join(foreign)}, which the task does not"
+    # A summary step shortens what it is given (the task's text, its inputs' results), so "Summarise the
+    # findings" is on the task whatever its words; the other agents act on their instruction's own content.
+    acting = [s for s in plan.steps if s.agent != "summary"]
     parts = task_parts(task)
-    vectors = embed([*parts, *[s.instruction for s in plan.steps]])
+    vectors = embed([*parts, *[s.instruction for s in acting]])
     relevance = (vectors[len(parts) :] @ vectors[: len(parts)].T).max(axis=1)
-    if relevance.min() < RELEVANCE_MIN:
-        step = plan.steps[int(relevance.argmin())]
+    if acting and relevance.min() < RELEVANCE_MIN:
+        step = acting[int(relevance.argmin())]
         return f"step {step.id} is off the task (similarity {relevance.min():.2f} < {RELEVANCE_MIN})"
     if dataset and not any(s.agent == "data" and dataset in s.instruction for s in plan.steps):
         return f"no data step analyses {dataset}.csv"
@@ -361,8 +376,8 @@ def software_plan(task: str) -> Plan:
             id=f"code_{m.name}",
             agent="code",
             inputs=["requirements"],
-            instruction=f"Write the Python module `{m.name}`: {m.purpose}. End with a short demo that prints "
-            f"what it computes.",
+            instruction=f"Write the Python module `{m.name}`: {m.purpose}. End with a short demo under "
+            f"`if __name__ == '__main__':` that prints what it computes.",
         )
         for m in modules
     ]
@@ -376,8 +391,8 @@ def software_plan(task: str) -> Plan:
             id="tests",
             agent="code",
             inputs=code_ids,
-            instruction="Write one script that contains the modules' code from the earlier results and "
-            "assert-based tests of their functions; print 'all tests passed' at the end.",
+            instruction="Write a test script that imports the modules (their files are in the current "
+            "folder) and checks their functions with assert statements; print 'all tests passed' at the end.",
         ),
         PlanStep(
             id="review",

@@ -84,7 +84,8 @@ def main() -> None:
     if "matplotlib.pyplot" in sys.modules:
         record_saved_charts(charts)
     apply_limits(config["limits"])
-    sys.path[:] = [p for p in sys.path if p]
+    # The scratch folder last: files there (an earlier step's modules) import, without shadowing the library.
+    sys.path[:] = [*(p for p in sys.path if p), str(scratch)]
     outcome: dict = {"charts": charts}
     namespace = {"__name__": "__main__"}
     try:

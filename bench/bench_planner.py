@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 TASKS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "planner" / "tasks.jsonl"
-DATASETS = ("sales_2024", "breast_cancer")
 TARGETS = {"accepted": 0.8}
 THRESHOLDS = [round(t, 2) for t in np.arange(0.3, 0.91, 0.05)]
 PRECISION_TARGET = 0.9  # a wrong example misleads the model more than the worked examples do
@@ -52,12 +51,15 @@ def steps_text(plan) -> list[str]:
     return [f"{s.id}:{s.agent}<{','.join(s.inputs)}> {s.instruction}" for s in plan.steps]
 
 
-def isolate(model: str | None) -> None:
-    """An empty memory, the built-in datasets, and the planning model asked for."""
+def labelled_datasets() -> set[str]:
+    return {t["dataset"] for t in load_tasks() if t["dataset"]}
+
+
+def isolate(model: str | None, scratch: Path) -> None:
+    """An empty memory (under `scratch`), the built-in datasets, and the planning model asked for."""
     from conveyor.datasets import list_datasets
     from conveyor.settings import get_settings, reset_settings
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-planner-"))
     os.environ["CONVEYOR_LANCEDB_URI"] = str(scratch / "lancedb")
     if model:
         roles = get_settings().llm_quality_roles - {"planning"} | (
@@ -65,8 +67,7 @@ def isolate(model: str | None) -> None:
         )
         os.environ["CONVEYOR_LLM_QUALITY_ROLES"] = json.dumps(sorted(roles))
     reset_settings()
-    needed = {t["dataset"] for t in load_tasks() if t["dataset"]}
-    if not needed <= {d.id for d in list_datasets()}:
+    if not labelled_datasets() <= {d.id for d in list_datasets()}:
         from data.prepare import main as prepare
 
         prepare(["--out", str(scratch / "data")])
@@ -74,11 +75,11 @@ def isolate(model: str | None) -> None:
         reset_settings()
 
 
-def bench_acceptance(model: str | None) -> dict:
+def bench_acceptance(model: str | None, scratch: Path) -> dict:
     from agents import planner
     from agents.llm import LLMUnavailable, get_llm, model_name, reset_llm
 
-    isolate(model)
+    isolate(model, scratch)
     reset_llm()
     started = time.perf_counter()
     get_llm("planning").complete([{"role": "user", "content": "hi"}], max_tokens=1)
@@ -131,7 +132,7 @@ def bench_acceptance(model: str | None) -> dict:
 def named_datasets(text: str) -> frozenset[str]:
     """The built-in datasets a text names, by id or by the id's words ("the 2024 sales data")."""
     lowered = text.lower()
-    return frozenset(d for d in DATASETS if all(word in lowered for word in d.split("_")))
+    return frozenset(d for d in labelled_datasets() if all(word in lowered for word in d.split("_")))
 
 
 def bench_memory_threshold() -> list[dict]:
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         good = [r["threshold"] for r in rows if (r["fitting_of_shown"] or 0) >= PRECISION_TARGET]
         print(json.dumps({"bench": "planner-memory-threshold-choice", "threshold": min(good, default=None)}))
     else:
-        print(json.dumps(bench_acceptance(args.model)), flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-planner-") as scratch:
+            print(json.dumps(bench_acceptance(args.model, Path(scratch))), flush=True)
 
 
 if __name__ == "__main__":

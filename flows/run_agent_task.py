@@ -27,6 +27,7 @@ from tasks.agent_steps import (
     remember_plan,
     run_agent_step,
     step_context,
+    step_modules,
     track_run,
     write_report,
 )
@@ -70,7 +71,9 @@ def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
                 )
             else:
                 futures[sid] = run_agent_step.submit(
-                    steps[sid], step_context(plan.task, steps[sid], outcomes)
+                    steps[sid],
+                    step_context(plan.task, steps[sid], outcomes),
+                    step_modules(steps[sid], outcomes),
                 )
         for sid, future in futures.items():
             result = future.result(raise_on_failure=False)

@@ -45,11 +45,12 @@ def make_plan(task_text: str, chain: Literal["planned", "software"] = "planned")
     cache_policy=NO_CACHE,
     task_run_name="{step.id}-{step.agent}",
 )
-def run_agent_step(step: PlanStep, context: str) -> AgentResult:
-    """Run one step's agent; a failed result raises so Prefect retries it. Every attempt is remembered."""
+def run_agent_step(step: PlanStep, context: str, modules: dict[str, str] | None = None) -> AgentResult:
+    """Run one step's agent (a code step gets the `modules` its inputs wrote); a failed result raises so
+    Prefect retries it. Every attempt is remembered."""
     started = time.perf_counter()
     try:
-        result = get_agent(step.agent)(step.instruction, context)
+        result = get_agent(step.agent)(step.instruction, context, **({"modules": modules} if modules else {}))
     except Exception as exc:  # an agent bug must fail this step only, with its cause
         result = AgentResult(agent=step.agent, answer="", ok=False, error=f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started
@@ -68,13 +69,27 @@ def run_agent_step(step: PlanStep, context: str) -> AgentResult:
     return result
 
 
-def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
-    """The overall task and the outputs of the step's inputs, as text for its prompt."""
-    parts = [f"Overall task: {task_text[:1000]}"] + [
-        f"## {i} ({outcomes[i].agent})\n"
-        + (outcomes[i].result.answer if outcomes[i].result else f"(did not complete: {outcomes[i].error})")
+def step_modules(step: PlanStep, outcomes: dict[str, StepOutcome]) -> dict[str, str]:
+    """The Python modules the step's `code_<module>` inputs wrote, by module name."""
+    return {
+        i.removeprefix("code_"): outcomes[i].result.data["code"]
         for i in step.inputs
-    ]
+        if i.startswith("code_") and outcomes[i].result and outcomes[i].result.data.get("code")
+    }
+
+
+def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
+    """The overall task and the outputs of the step's inputs, as text for its prompt (a module a code step
+    gets as a file is named, not shown: the model imports it instead of copying it)."""
+    modules = step_modules(step, outcomes) if step.agent == "code" else {}
+
+    def output(i: str) -> str:
+        if i.removeprefix("code_") in modules:
+            return f"(module `{i.removeprefix('code_')}.py`, in the current folder: import it)"
+        return outcomes[i].result.answer if outcomes[i].result else f"(did not complete: {outcomes[i].error})"
+
+    parts = [f"Overall task: {task_text[:1000]}"]
+    parts += [f"## {i} ({outcomes[i].agent})\n{output(i)}" for i in step.inputs]
     return "\n\n".join(parts)[:6000]
 
 

@@ -73,6 +73,13 @@ class TestPlanSchema:
         with pytest.raises((ValidationError, jsonschema.ValidationError)):
             self.validate(reply(*[(f"s{n}", "code", [] if n > 1 else None) for n in range(1, 7)]))
 
+    def test_one_summary_step_at_most_and_it_ends_the_plan(self):
+        self.validate(reply(("s1", "summary", None)))
+        with pytest.raises((ValidationError, jsonschema.ValidationError)):
+            self.validate(reply(("s1", "summary", None), ("s2", "code", ["s1"])))
+        with pytest.raises((ValidationError, jsonschema.ValidationError)):
+            self.validate(reply(("s1", "data", None), ("s2", "summary", ["s1"]), ("s3", "summary", ["s2"])))
+
     def test_only_the_agents_given_can_be_picked(self):
         with pytest.raises((ValidationError, jsonschema.ValidationError)):
             self.validate(reply(("s1", "data", None)), agents=("research", "code", "summary"))
@@ -85,6 +92,44 @@ class TestPlanSchema:
         grammar = json_schema_to_gbnf(json.dumps(plan_schema().model_json_schema()))
         step2_inputs = next(line for line in grammar.splitlines() if line.startswith("Step2-inputs-item ::="))
         assert '\\"s1\\"' in step2_inputs and "s2" not in step2_inputs.split("::=")[1]
+
+
+class TestCoverage:
+    """What makes the planner refuse a model's plan that check_plan would run."""
+
+    def plan(self, task: str, *steps: tuple[str, str]) -> planner.Plan:
+        return planner.Plan(
+            task=task,
+            steps=[
+                planner.PlanStep(id=f"s{n}", agent=a, instruction=i, inputs=[f"s{n - 1}"] if n > 1 else [])
+                for n, (a, i) in enumerate(steps, start=1)
+            ],
+        )
+
+    def test_a_step_naming_a_file_the_task_does_not_is_refused(self, settings):
+        task = "Plot monthly revenue from sales_2024.csv as a line chart"
+        copied = self.plan(task, ("data", "Plot orders per month from orders.csv"))
+        assert "orders.csv" in planner.coverage_problem(copied, task)
+        own = self.plan(task, ("data", "Plot monthly revenue from sales_2024.csv as a line chart"))
+        assert planner.coverage_problem(own, task) is None
+
+    def test_a_step_far_from_every_part_of_the_task_is_refused(self, settings):
+        task = "What is LanceDB, and why does Conveyor use it?"
+        plan = self.plan(
+            task, ("research", "Explain LanceDB"), ("code", "Write a decorator that times a function")
+        )
+        assert "step s2 is off the task" in planner.coverage_problem(plan, task)
+
+    def test_a_generic_summary_step_is_on_the_task(self, settings):
+        task = "Summarize: Prefect flows are Python functions decorated with @flow; tasks are smaller units."
+        assert (
+            planner.coverage_problem(self.plan(task, ("summary", "Summarise the given text")), task) is None
+        )
+
+    def test_a_named_dataset_must_be_analysed_by_a_data_step(self, settings):
+        task = "Chart units sold per region in sales_2024.csv"
+        plan = self.plan(task, ("code", "Chart units sold per region in sales_2024.csv"))
+        assert planner.coverage_problem(plan, task) == "no data step analyses sales_2024.csv"
 
 
 class TestMemoryExamples:
