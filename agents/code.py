@@ -122,6 +122,7 @@ def write(request: CodeRequest) -> AgentResult:
                 files=files | module_files(request.modules, Path(folder)),
                 execute=request.execute,
                 max_repairs=request.max_repairs,
+                max_tokens=600,  # a whole script with its demo or tests: 400 cut some mid-line
                 check=shows_output,
             )
     except LLMUnavailable as exc:
