@@ -13,6 +13,29 @@ from agents.llm import get_llm
 from agents.sandbox import Limits, SandboxResult, run_code
 from conveyor.settings import LLMRole
 
+# Appended to the code when it runs: every top-level `test_*` function is called, as pytest would; a failing
+# one fails the run with its name and line, so the repair prompt says which check broke.
+TEST_RUNNER = """
+
+def _conveyor_run_tests():
+    import traceback
+    tests = [(n, f) for n, f in list(globals().items()) if n.startswith("test_") and callable(f)]
+    failed = []
+    for name, test in tests:
+        try:
+            test()
+        except Exception as exc:
+            frames = traceback.extract_tb(exc.__traceback__)
+            lines = [f.lineno for f in frames if f.filename == "<agent-code>"]
+            failed.append(f"{name} (line {lines[-1] if lines else '?'}): {type(exc).__name__}: {exc}")
+    if failed:
+        raise AssertionError("failed tests: " + "; ".join(failed))
+    if tests:
+        print(f"{len(tests)} test functions passed")
+
+
+_conveyor_run_tests()
+"""
 FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
 
@@ -60,7 +83,7 @@ def write_code(
         problem = syntax_error(code)
         run = None
         if problem is None and execute:
-            run = run_code(code, files=files, limits=limits)
+            run = run_code(code + TEST_RUNNER, files=files, limits=limits)
             problem = None if run.ok else run.failure()
         if problem is None and check:
             problem = check(code, run)

@@ -392,7 +392,8 @@ def software_plan(task: str) -> Plan:
             agent="code",
             inputs=code_ids,
             instruction="Write a test script that imports the modules (their files are in the current "
-            "folder) and checks their functions with assert statements; print 'all tests passed' at the end.",
+            "folder) and checks their functions in `test_...` functions with assert statements (every "
+            "`test_` function is run; a failing assert shows its line).",
         ),
         PlanStep(
             id="review",

@@ -9,6 +9,7 @@ from agents import chat, data, memory, research, summary
 from agents.analysis import Analysis, unreadable
 from agents.code import AGENT as CODE
 from agents.code import shows_output
+from agents.codegen import TEST_RUNNER
 from agents.llm import get_llm
 from agents.sandbox import Chart, run_code
 from conveyor.datasets import load
@@ -130,6 +131,13 @@ class TestData:
 
 
 class TestCode:
+    def test_test_functions_in_generated_code_are_run_and_a_failing_one_is_named(self, settings):
+        wrong = "def add(a, b):\n    return a - b\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
+        failed = run_code(wrong + TEST_RUNNER)
+        assert not failed.ok and "failed tests: test_add (line 6)" in failed.error
+        passed = run_code(wrong.replace("a - b", "a + b") + TEST_RUNNER)
+        assert passed.ok and "1 test functions passed" in passed.stdout
+
     def test_a_chart_of_raw_rows_is_sent_back_to_be_aggregated(self, settings):
         plot_raw = (
             "import pandas as pd, matplotlib.pyplot as plt\n"
