@@ -17,6 +17,7 @@ from agents.codegen import write_code
 from agents.data import DatasetMissing, dataset_files, describe_for_prompt, find_dataset
 from agents.llm import LLMUnavailable
 from agents.sandbox import SandboxResult, SandboxUnavailable
+from conveyor import prompts
 
 NAME: Final = "code"
 ModuleName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,29}$")]
@@ -110,7 +111,9 @@ def write(request: CodeRequest) -> AgentResult:
     messages = [
         {
             "role": "system",
-            "content": SYSTEM + references[:2400] + memory.examples_for_prompt(NAME, request.instruction),
+            "content": prompts.system_prompt(NAME, SYSTEM).text
+            + references[:2400]
+            + memory.examples_for_prompt(NAME, request.instruction),
         },
         {"role": "user", "content": f"Task: {request.instruction}{data_note}{context}"},
     ]

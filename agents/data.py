@@ -21,7 +21,7 @@ from agents.analysis import (
 from agents.base import Agent, AgentRequest, AgentResult, save_figures
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
 from agents.sandbox import SandboxUnavailable, run_code
-from conveyor import datasets
+from conveyor import datasets, prompts
 
 NAME: Final = "data"
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def choose_spec(instruction: str, dataset_id: str, roles: dict[str, list[str]]) 
     """The model's choice of what to measure (limited to the dataset's columns), or the default spec when
     the model is unavailable; returns the spec and how it was chosen ("llm" or "default")."""
     messages = [
-        {"role": "system", "content": SYSTEM},
+        {"role": "system", "content": prompts.system_prompt(NAME, SYSTEM).text},
         {"role": "user", "content": f"{describe_for_prompt(dataset_id)}\nQuestion: {instruction}"},
     ]
     try:

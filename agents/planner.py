@@ -16,6 +16,7 @@ from agents import memory
 from agents.catalog import AGENTS
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
+from conveyor import prompts
 from conveyor.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -238,14 +239,15 @@ def plan_prompt(task: str, agents: Sequence[str] = tuple(AGENTS)) -> list[dict]:
     """System rules, the worked examples, a remembered similar plan if any, then the task. Everything before
     the remembered plan is the same for every task, so llama.cpp reuses its evaluated prefix."""
     catalogue = "\n".join(f"- {name}: {agent.description}" for name, agent in AGENTS.items())
-    system = (
+    rules = (
         "You plan how agents solve a task. Split the task into 1 to 5 steps s1, s2, ... in order; each step "
         "has one agent, a short precise instruction that names the files it uses, and `inputs`: the earlier "
         "steps whose results it needs. Plan only the steps the task asks for (the data agent draws charts "
         "itself). After the last step, a Markdown report with every step's results and charts is written "
         "automatically: plan no step for the report.\n"
-        f"Agents:\n{catalogue}"
+        "Agents:\n{catalogue}"
     )
+    system = prompts.system_prompt("planner", rules).text.format(catalogue=catalogue)
     messages = [{"role": "system", "content": system}]
     remembered = remembered_example(task, agents)
     for example_task, steps in [*PROMPT_EXAMPLES, *([remembered] if remembered else [])]:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from agents.base import Agent, AgentRequest, AgentResult, generate
 from agents.llm import LLMUnavailable
+from conveyor import prompts
 
 NAME: Final = "summary"
 SYSTEM = (
@@ -58,8 +59,9 @@ def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = 
     """Summarise the instruction's text plus any earlier results, in at most `max_words` words; a number the
     text does not contain is sent back once for correction, then reported in `data["unsupported_numbers"]`."""
     text = f"{request.instruction}\n\n{request.context}".strip()[:12_000]
+    system = prompts.system_prompt(NAME, SYSTEM).text
     messages = [
-        {"role": "system", "content": SYSTEM.format(words=request.max_words)},
+        {"role": "system", "content": system.format(words=request.max_words)},
         {"role": "user", "content": f"Summarise:\n\n{text}"},
     ]
     budget = int(request.max_words * 1.6) + 16

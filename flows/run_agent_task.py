@@ -19,7 +19,10 @@ from prefect.states import Cancelled, State
 from pydantic import BaseModel
 
 from agents import memory
+from agents.llm import identity
 from agents.planner import CheckedPlan, Plan, check_plan
+from conveyor import lineage
+from conveyor.lineage import Lineage
 from conveyor.settings import get_settings
 from tasks.agent_steps import (
     StepOutcome,
@@ -49,6 +52,7 @@ class AgentRunSummary(BaseModel):
     run_dir: str
     mlflow_run_id: str
     memory_id: str
+    lineage: Lineage
 
 
 def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
@@ -121,17 +125,19 @@ def run_agent_task(
         approval_timeout_s: seconds to wait for that answer; then the plan counts as rejected (run fails).
     """
     started = time.perf_counter()
-    plan = plan or make_plan(task, chain)
-    if approve_plan:
-        asked = time.perf_counter()
-        try:
-            plan = review_plan(plan, approval_timeout_s)
-        except PlanRejected as exc:
-            return Cancelled(message=str(exc))
-        started += time.perf_counter() - asked  # waiting for a person is not the run's latency
-    outcomes = run_plan(plan, check_plan(plan))
+    with lineage.recording() as reads:  # the steps' knowledge reads and prompt versions
+        plan = plan or make_plan(task, chain)
+        if approve_plan:
+            asked = time.perf_counter()
+            try:
+                plan = review_plan(plan, approval_timeout_s)
+            except PlanRejected as exc:
+                return Cancelled(message=str(exc))
+            started += time.perf_counter() - asked  # waiting for a person is not the run's latency
+        outcomes = run_plan(plan, check_plan(plan))
+    run_lineage = lineage.build(reads, llm=identity("planning"))
     run_dir = get_settings().state_dir / "agent-runs" / str(flow_run.id or uuid.uuid4())
-    report = write_report(plan, outcomes, run_dir)
+    report = write_report(plan, outcomes, run_dir, run_lineage)
     mlflow_run_id = track_run(plan, outcomes, run_dir)
     memory_id = remember_plan(plan, outcomes, time.perf_counter() - started)
     publish_performance()
@@ -146,6 +152,7 @@ def run_agent_task(
         run_dir=str(run_dir),
         mlflow_run_id=mlflow_run_id,
         memory_id=memory_id,
+        lineage=run_lineage,
     )
 
 

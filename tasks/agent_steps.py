@@ -16,7 +16,9 @@ from pydantic import BaseModel
 from agents import memory
 from agents.base import AgentResult
 from agents.catalog import get_agent
+from agents.llm import model_name
 from agents.planner import Plan, PlanStep, plan_task, software_plan
+from conveyor.lineage import Lineage
 
 
 class StepFailed(RuntimeError):
@@ -105,7 +107,7 @@ def _figure_markdown(result: AgentResult, run_dir: Path) -> list[str]:
     return lines
 
 
-def render_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path) -> str:
+def render_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path, run_lineage: Lineage) -> str:
     lines = [f"# Agent report\n\n**Task:** {plan.task}\n\n**Plan** ({plan.method}):\n"]
     lines += [
         f"{n}. `{s.id}` - {s.agent}: {s.instruction}" + (f" (uses {', '.join(s.inputs)})" if s.inputs else "")
@@ -123,19 +125,34 @@ def render_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path) -> str
             ]
         if outcome.error:
             lines.append(f"**Error:** {outcome.error}")
+    lines.append("\n## Lineage\n")
+    data = run_lineage.data_revision
+    lines += [
+        f"- knowledge `{d.domain}`: table version {d.version} (index run {d.index_flow_run_id})"
+        for d in run_lineage.domains
+    ]
+    lines += [f"- prompt `{p.name}` version {p.version}" for p in run_lineage.prompts]
+    lines += [
+        f"- models: {', '.join(sorted({f'{o.agent} {model_name(o.agent)}' for o in outcomes}))}; planner "
+        f"{model_name('planning')}",
+        f"- data: git {data.git_commit}, knowledge {data.knowledge_md5}",
+        "- `lineage.json` in this folder has the whole record.",
+    ]
     return "\n".join(lines) + "\n"
 
 
 @task(name="write-agent-report", cache_policy=NO_CACHE)
-def write_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path) -> Path:
-    """report.md (with charts), plan.json and one JSON per step in `run_dir`, plus Prefect artifacts."""
+def write_report(plan: Plan, outcomes: list[StepOutcome], run_dir: Path, run_lineage: Lineage) -> Path:
+    """report.md (with charts and lineage), plan.json, lineage.json and one JSON per step in `run_dir`, plus
+    Prefect artifacts."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "plan.json").write_text(plan.model_dump_json(indent=2))
+    (run_dir / "lineage.json").write_text(run_lineage.model_dump_json(indent=2))
     steps_dir = run_dir / "steps"
     steps_dir.mkdir(exist_ok=True)
     for outcome in outcomes:
         (steps_dir / f"{outcome.id}.json").write_text(outcome.model_dump_json(indent=2))
-    report = render_report(plan, outcomes, run_dir)
+    report = render_report(plan, outcomes, run_dir, run_lineage)
     (run_dir / "report.md").write_text(report)
     create_markdown_artifact(
         key="agent-report",

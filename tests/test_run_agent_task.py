@@ -14,6 +14,7 @@ from agents.planner import Plan, PlanStep, check_plan, software_plan, template_p
 from agents.sandbox import Chart
 from conveyor import tracking
 from conveyor.datasets import load
+from conveyor.lineage import Lineage
 from flows.run_agent_task import EXAMPLE_TASK, run_agent_task
 from tasks.agent_steps import StepOutcome
 
@@ -207,3 +208,8 @@ def test_failing_steps_keep_the_other_results(settings):
     assert "no known dataset" in json.loads((steps / "missing.json").read_text())["error"]
     assert "no input step completed" in json.loads((steps / "after.json").read_text())["error"]
     assert "unknown agent" in json.loads((steps / "bogus.json").read_text())["error"]
+    # The run's lineage: prompt versions its steps used (noted from the task threads), also in the report.
+    assert "conveyor-data-system" in {p.name for p in summary.lineage.prompts}
+    report = Path(summary.report).read_text()
+    assert "## Lineage" in report and "prompt `conveyor-data-system` version" in report
+    assert Lineage.model_validate_json((steps.parent / "lineage.json").read_text()) == summary.lineage
