@@ -47,6 +47,15 @@ def module_files(modules: dict[str, str], folder: Path) -> dict[str, Path]:
     return {f"{name}.py": folder / f"{name}.py" for name in modules}
 
 
+def _signature(node: ast.FunctionDef | ast.ClassDef) -> str:
+    """`name(args)` of a function; a class with its public methods' signatures (self left out)."""
+    if isinstance(node, ast.FunctionDef):
+        return f"{node.name}({', '.join(a.arg for a in node.args.args if a.arg != 'self')})"
+    public = [m for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")]
+    methods = [_signature(m) for m in public]
+    return f"class {node.name} with methods {', '.join(methods)}" if methods else f"class {node.name}"
+
+
 def describe_modules(modules: dict[str, str]) -> str:
     """What each module defines (top-level functions with their arguments, classes), for the prompt."""
     lines = []
@@ -55,13 +64,7 @@ def describe_modules(modules: dict[str, str]) -> str:
             tree = ast.parse(source)
         except SyntaxError:
             continue
-        defined = [
-            f"{node.name}({', '.join(a.arg for a in node.args.args)})"
-            if isinstance(node, ast.FunctionDef)
-            else f"class {node.name}"
-            for node in tree.body
-            if isinstance(node, ast.FunctionDef | ast.ClassDef)
-        ]
+        defined = [_signature(node) for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
         lines.append(f"- {name}.py: {', '.join(defined) or '(no functions)'}")
     if not lines:
         return ""
