@@ -130,6 +130,7 @@ def write(request: CodeRequest) -> AgentResult:
                 max_repairs=request.max_repairs,
                 max_tokens=600,  # a whole script with its demo or tests: 400 cut some mid-line
                 check=shows_output,
+                repair_note=describe_modules(request.modules).strip() + "\n" if request.modules else "",
             )
     except LLMUnavailable as exc:
         return AgentResult.without_llm(

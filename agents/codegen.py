@@ -71,6 +71,7 @@ def write_code(
     max_tokens: int = 400,
     limits: Limits | None = None,
     check: Callable[[str, SandboxResult | None], str | None] | None = None,
+    repair_note: str = "",
 ) -> CodeAttempt:
     """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix."""
     llm = get_llm(role)
@@ -102,7 +103,7 @@ def write_code(
             {"role": "assistant", "content": f"```python\n{code}\n```"},
             {
                 "role": "user",
-                "content": f"That code failed with: {problem[:600]}\n"
+                "content": f"That code failed with: {problem[:600]}\n{repair_note}"
                 f"Return the whole corrected code in one ```python block.",
             },
         ]

@@ -123,6 +123,12 @@ def test_software_chain_fans_out_per_module_and_back_in(settings):
     assert plan.steps[-1].inputs == [*code_steps, "tests"]
 
 
+@pytest.mark.xfail(
+    reason="known quality failure, kept visible (issue 15): on this task the 1.5B model's tests step calls "
+    "temperature_classifier.classify_temperature, which that module defines as a method of a class, and the "
+    "repairs do not fix it",
+    strict=False,
+)
 def test_the_software_chain_writes_modules_tests_them_in_the_sandbox_and_reviews(configure):
     configure(llm_quality_roles='["planning", "code", "summary"]')  # the defaults for these roles
     summary = run_agent_task(
