@@ -109,4 +109,5 @@ class TestLimits:
             "/models/{name}/predict",
         } <= set(schema["paths"])
         page = httpx.get(f"{api.url}/")
-        assert page.status_code == 200 and "Conveyor chat" in page.text
+        assert page.status_code == 200 and "<title>Conveyor</title>" in page.text
+        assert "/static/app.js" in page.text  # the web app

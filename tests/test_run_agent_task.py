@@ -126,8 +126,9 @@ def test_software_chain_fans_out_per_module_and_back_in(settings):
 @pytest.mark.xfail(
     reason="known quality failure, kept visible (issue 15): on this task the 1.5B model's tests step calls "
     "temperature_classifier.classify_temperature, which that module defines as a method of a class, and the "
-    "repairs do not fix it",
-    strict=False,
+    "repairs do not fix it; not run in the suite (7 min of CI for a known result): "
+    "pytest --runxfail -k software_chain",
+    run=False,
 )
 def test_the_software_chain_writes_modules_tests_them_in_the_sandbox_and_reviews(configure):
     configure(llm_quality_roles='["planning", "code", "summary"]')  # the defaults for these roles
