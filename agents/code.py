@@ -109,7 +109,8 @@ def write(request: CodeRequest) -> AgentResult:
         )
     except DatasetMissing:
         files, data_note = {}, ""
-    data_note += describe_modules(request.modules)
+    modules_note = describe_modules(request.modules)
+    data_note += modules_note
     context = f"\n\nEarlier results:\n{request.context[:1500]}" if request.context else ""
     messages = [
         {
@@ -130,7 +131,7 @@ def write(request: CodeRequest) -> AgentResult:
                 max_repairs=request.max_repairs,
                 max_tokens=600,  # a whole script with its demo or tests: 400 cut some mid-line
                 check=shows_output,
-                repair_note=describe_modules(request.modules).strip() + "\n" if request.modules else "",
+                repair_note=modules_note.strip() + "\n" if modules_note else "",
             )
     except LLMUnavailable as exc:
         return AgentResult.without_llm(
