@@ -47,28 +47,35 @@ def module_files(modules: dict[str, str], folder: Path) -> dict[str, Path]:
     return {f"{name}.py": folder / f"{name}.py" for name in modules}
 
 
-def _signature(node: ast.FunctionDef | ast.ClassDef) -> str:
-    """`name(args)` of a function; a class with its public methods' signatures (self left out)."""
+def _arguments(node: ast.FunctionDef) -> str:
+    return ", ".join(a.arg for a in node.args.args if a.arg != "self")
+
+
+def _usage(module: str, node: ast.FunctionDef | ast.ClassDef) -> str:
+    """How the code imports and calls a top-level function or class of `module`."""
     if isinstance(node, ast.FunctionDef):
-        return f"{node.name}({', '.join(a.arg for a in node.args.args if a.arg != 'self')})"
-    public = [m for m in node.body if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")]
-    methods = [_signature(m) for m in public]
-    return f"class {node.name} with methods {', '.join(methods)}" if methods else f"class {node.name}"
+        return f"from {module} import {node.name}  # {node.name}({_arguments(node)})"
+    methods = [m for m in node.body if isinstance(m, ast.FunctionDef)]
+    init = next((_arguments(m) for m in methods if m.name == "__init__"), "")
+    calls = [f"{node.name}({init}).{m.name}({_arguments(m)})" for m in methods if not m.name.startswith("_")]
+    return f"from {module} import {node.name}  # " + (", ".join(calls) or f"{node.name}({init})")
 
 
 def describe_modules(modules: dict[str, str]) -> str:
-    """What each module defines (top-level functions with their arguments, classes), for the prompt."""
+    """How to import and call what each module defines at top level, for the prompt."""
     lines = []
     for name, source in modules.items():
         try:
             tree = ast.parse(source)
         except SyntaxError:
             continue
-        defined = [_signature(node) for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)]
-        lines.append(f"- {name}.py: {', '.join(defined) or '(no functions)'}")
+        public = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name[0] != "_"]
+        lines += [_usage(name, node) for node in public]
     if not lines:
         return ""
-    return "\n\nModules in the current folder: import them, do not copy their code:\n" + "\n".join(lines)
+    usage = "\n".join(lines)
+    intro = "Modules in the current folder; import and call them exactly like this, do not copy their code"
+    return f"\n\n{intro}:\n```python\n{usage}\n```"
 
 
 def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:

@@ -378,8 +378,9 @@ def software_plan(task: str) -> Plan:
             id=f"code_{m.name}",
             agent="code",
             inputs=["requirements"],
-            instruction=f"Write the Python module `{m.name}`: {m.purpose}. End with a short demo under "
-            f"`if __name__ == '__main__':` that prints what it computes.",
+            instruction=f"Write the Python module `{m.name}`: {m.purpose}. Define plain module-level "
+            "functions (no classes). End with a short demo under `if __name__ == '__main__':` that prints "
+            "what it computes.",
         )
         for m in modules
     ]

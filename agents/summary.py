@@ -9,7 +9,7 @@ from typing import Final
 from pydantic import Field
 
 from agents.base import Agent, AgentRequest, AgentResult, generate
-from agents.llm import LLMUnavailable
+from agents.llm import LLMUnavailable, get_llm
 from conveyor import prompts
 
 NAME: Final = "summary"
@@ -18,7 +18,7 @@ SYSTEM = (
     "share, the trend over time, outliers) with their numbers exactly as the text gives them; never write a "
     "number the text does not contain. Use at most {words} words."
 )
-NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?(?:\s*(?:million|thousand|billion)\b)?", re.IGNORECASE)
+NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:\s*(?:million|thousand|billion)\b)?", re.IGNORECASE)
 SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9}
 
 
@@ -34,6 +34,23 @@ def bound_words(text: str, max_words: int) -> str:
     cut = " ".join(words[:max_words])
     end = max(cut.rfind(". "), cut.rfind(".\n"), cut.rfind("!"), cut.rfind("?"))
     return cut[: end + 1] if end > len(cut) // 2 else cut.rstrip(",;:") + "..."
+
+
+def drop_unfinished(text: str) -> str:
+    """`text` without its last sentence or list line when the token limit cut it off midway."""
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("\n"), text.rfind("! "), text.rfind("? "))
+    return text[: end + 1].strip() if end > 0 else text.strip()
+
+
+def _summary(
+    messages: list[dict], budget: int, max_words: int, on_token: Callable[[str], None] | None
+) -> str:
+    """The model's summary within `max_words`; one the token budget cut off ends at its last full sentence."""
+    text = generate(messages, NAME, on_token, max_tokens=budget)
+    tokens = get_llm(NAME).count_tokens(text)
+    if tokens is None or tokens >= budget - 1:
+        text = text if text.rstrip().endswith((".", "!", "?")) else drop_unfinished(text)
+    return bound_words(text, max_words)
 
 
 def _value(number: str) -> tuple[float, float]:
@@ -64,9 +81,9 @@ def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = 
         {"role": "system", "content": system.format(words=request.max_words)},
         {"role": "user", "content": f"Summarise:\n\n{text}"},
     ]
-    budget = int(request.max_words * 1.6) + 16
+    budget = request.max_words * 3 + 32  # markdown and figures like "$15,708,803.88" take many tokens a word
     try:
-        summary = bound_words(generate(messages, "summary", on_token, max_tokens=budget), request.max_words)
+        summary = _summary(messages, budget, request.max_words, on_token)
         if unsupported := unsupported_numbers(summary, text):
             messages += [
                 {"role": "assistant", "content": summary},
@@ -76,7 +93,7 @@ def summarise(request: SummaryRequest, on_token: Callable[[str], None] | None = 
                     "summary using only numbers that appear in the text.",
                 },
             ]
-            summary = bound_words(generate(messages, "summary", max_tokens=budget), request.max_words)
+            summary = _summary(messages, budget, request.max_words, None)
     except LLMUnavailable as exc:
         return AgentResult.without_llm(NAME, exc, f"The language model is unavailable: {exc}")
     return AgentResult(

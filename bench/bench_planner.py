@@ -11,7 +11,8 @@ would show) and their embedding cosine; the neighbour fits when it needs the sam
 Per threshold: the share of messages shown an example and the share of shown examples that fit; the choice
 is the lowest threshold at which PRECISION_TARGET of the shown examples fit.
 
-Prints one JSON line per task, then a summary line. `python -m bench.bench_planner [--model fast|quality]`
+Prints one JSON line per task, then a summary line.
+`python -m bench.bench_planner [--model fast|quality] [--tasks data/benchmarks/planner/heldout.jsonl]`
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-TASKS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "planner" / "tasks.jsonl"
+TASK_SETS = Path(__file__).resolve().parent.parent / "data" / "benchmarks" / "planner"
+TASKS = TASK_SETS / "tasks.jsonl"
 TARGETS = {"accepted": 0.8}
 THRESHOLDS = [round(t, 2) for t in np.arange(0.3, 0.91, 0.05)]
 PRECISION_TARGET = 0.9  # a wrong example misleads the model more than the worked examples do
@@ -75,7 +77,7 @@ def isolate(model: str | None, scratch: Path) -> None:
         reset_settings()
 
 
-def bench_acceptance(model: str | None, scratch: Path) -> dict:
+def bench_acceptance(model: str | None, scratch: Path, tasks: Path) -> dict:
     from agents import planner
     from agents.llm import LLMUnavailable, get_llm, model_name, reset_llm
 
@@ -86,7 +88,7 @@ def bench_acceptance(model: str | None, scratch: Path) -> dict:
     planner.covers_task(planner.template_plan("warm-up"), "warm-up")  # loads the embedding model
     cold_s = time.perf_counter() - started
     rows = []
-    for labels in load_tasks():
+    for labels in load_tasks(tasks):
         started = time.perf_counter()
         proposed = None
         try:
@@ -114,6 +116,7 @@ def bench_acceptance(model: str | None, scratch: Path) -> dict:
     return {
         "bench": "planner",
         "model": model_name("planning"),
+        "task_set": tasks.name,
         "tasks": len(rows),
         "accepted": round(float(np.mean([r["accepted"] for r in rows])), 3),
         "llm_plans": round(float(np.mean([r["method"] == "llm" for r in rows])), 3),
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", choices=["fast", "quality"], help="the planning model (default: settings)")
+    parser.add_argument(
+        "--tasks", type=Path, default=TASKS, help="labelled tasks (heldout.jsonl: nothing tuned on it)"
+    )
     parser.add_argument("--memory-threshold", action="store_true", help="measure the memory threshold")
     args = parser.parse_args(argv or [])
     if args.memory_threshold:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"bench": "planner-memory-threshold-choice", "threshold": min(good, default=None)}))
     else:
         with tempfile.TemporaryDirectory(prefix="bench-planner-") as scratch:
-            print(json.dumps(bench_acceptance(args.model, Path(scratch))), flush=True)
+            print(json.dumps(bench_acceptance(args.model, Path(scratch), args.tasks)), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import chat, data, memory, research, summary
+from agents import chat, code, data, memory, research, summary
 from agents.analysis import Analysis, unreadable
 from agents.code import AGENT as CODE
 from agents.code import shows_output
@@ -131,6 +131,13 @@ class TestData:
 
 
 class TestCode:
+    def test_earlier_modules_are_described_as_the_imports_and_calls_to_make(self):
+        source = "def to_f(c):\n    return c * 9 / 5 + 32\n\n\nclass Scale:\n    def __init__(self, unit):\n"
+        source += "        self.unit = unit\n\n    def classify(self, t):\n        return 'mild'\n"
+        note = code.describe_modules({"temps": source, "broken": "def ("})
+        assert "from temps import to_f  # to_f(c)" in note
+        assert "from temps import Scale  # Scale(unit).classify(t)" in note and "broken" not in note
+
     def test_test_functions_in_generated_code_are_run_and_a_failing_one_is_named(self, settings):
         wrong = "def add(a, b):\n    return a - b\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
         failed = run_code(wrong + TEST_RUNNER)
@@ -173,6 +180,12 @@ class TestSummary:
 
     def test_bound_words_cuts_at_a_sentence(self):
         assert summary.bound_words("One two three. Four five six seven.", 5) == "One two three."
+
+    def test_a_summary_cut_by_the_token_limit_ends_at_its_last_full_line(self):
+        cut = "- **Total Revenue**: $15,708,803.88\n- West leads at $5,722,734.37, then North with $2,155,"
+        assert summary.drop_unfinished(cut) == "- **Total Revenue**: $15,708,803.88"
+        assert summary.drop_unfinished("West leads. North follows with 2,1") == "West leads."
+        assert summary.NUMBER.findall("North with $2,155, then 7") == ["2,155", "7"]
 
 
 class TestMemory:
