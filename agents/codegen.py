@@ -36,6 +36,7 @@ def _conveyor_run_tests():
 
 _conveyor_run_tests()
 """
+LINE = re.compile(r"\(line (\d+)\)")
 FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
 
 
@@ -62,6 +63,38 @@ def syntax_error(code: str) -> str | None:
     return None
 
 
+def quote_lines(problem: str, code: str) -> str:
+    """`problem` with each "(line N)" it names followed by that line of `code`: a repair sees what failed."""
+    lines = code.splitlines()
+
+    def quoted(match: re.Match) -> str:
+        number = int(match.group(1))
+        return f"(line {number}: {lines[number - 1].strip()})" if 0 < number <= len(lines) else match.group(0)
+
+    return LINE.sub(quoted, problem)
+
+
+def explain_asserts(code: str) -> str:
+    """`code` with each one-line `assert a == b` that has no message given one showing both values (lines keep
+    their numbers), so a failing test says what the code returned instead of a bare AssertionError."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code
+    lines = code.splitlines()
+    for node in [n for n in ast.walk(tree) if isinstance(n, ast.Assert) and n.msg is None]:
+        test = node.test
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+            continue
+        line = lines[node.lineno - 1].encode()  # offsets count UTF-8 bytes
+        left, right = (ast.get_source_segment(code, side) for side in (test.left, test.comparators[0]))
+        if node.lineno == node.end_lineno and node.end_col_offset is not None and left and right:
+            message = f', repr({left}) + " != " + repr({right})'.encode()
+            end = node.end_col_offset
+            lines[node.lineno - 1] = (line[:end] + message + line[end:]).decode()
+    return "\n".join(lines)
+
+
 def write_code(
     messages: list[dict],
     role: LLMRole,
@@ -84,8 +117,8 @@ def write_code(
         problem = syntax_error(code)
         run = None
         if problem is None and execute:
-            run = run_code(code + TEST_RUNNER, files=files, limits=limits)
-            problem = None if run.ok else run.failure()
+            run = run_code(explain_asserts(code) + TEST_RUNNER, files=files, limits=limits)
+            problem = None if run.ok else quote_lines(run.failure(), code)
         if problem is None and check:
             problem = check(code, run)
         if problem:

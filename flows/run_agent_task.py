@@ -83,7 +83,11 @@ def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
             result = future.result(raise_on_failure=False)
             if isinstance(result, BaseException):
                 outcomes[sid] = StepOutcome(
-                    id=sid, agent=steps[sid].agent, status="failed", error=str(result)
+                    id=sid,
+                    agent=steps[sid].agent,
+                    status="failed",
+                    error=str(result),
+                    result=getattr(result, "result", None),  # a failed step's work, kept for the report
                 )
             else:
                 outcomes[sid] = StepOutcome(

@@ -22,7 +22,12 @@ from conveyor.lineage import Lineage
 
 
 class StepFailed(RuntimeError):
-    """An agent step returned a failed result; the message carries the agent's error."""
+    """An agent step returned a failed result; the message carries the agent's error, `result` the work
+    (a failing test script and its output are what a review step needs)."""
+
+    def __init__(self, message: str, result: AgentResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class StepOutcome(BaseModel):
@@ -67,16 +72,17 @@ def run_agent_step(step: PlanStep, context: str, modules: dict[str, str] | None 
         output=str(result.data.get("code") or result.answer),
     )
     if not result.ok:
-        raise StepFailed(f"{step.agent} step {step.id!r} failed: {result.error}")
+        raise StepFailed(f"{step.agent} step {step.id!r} failed: {result.error}", result)
     return result
 
 
 def step_modules(step: PlanStep, outcomes: dict[str, StepOutcome]) -> dict[str, str]:
     """The Python modules the step's `code_<module>` inputs wrote, by module name."""
+    completed = {i: o.result for i, o in outcomes.items() if o.status == "completed" and o.result}
     return {
-        i.removeprefix("code_"): outcomes[i].result.data["code"]
+        i.removeprefix("code_"): completed[i].data["code"]
         for i in step.inputs
-        if i.startswith("code_") and outcomes[i].result and outcomes[i].result.data.get("code")
+        if i.startswith("code_") and i in completed and completed[i].data.get("code")
     }
 
 
@@ -88,7 +94,9 @@ def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome
     def output(i: str) -> str:
         if i.removeprefix("code_") in modules:
             return f"(module `{i.removeprefix('code_')}.py`, in the current folder: import it)"
-        return outcomes[i].result.answer if outcomes[i].result else f"(did not complete: {outcomes[i].error})"
+        outcome = outcomes[i]
+        failed = f"(did not complete: {outcome.error})" if outcome.status != "completed" else ""
+        return "\n".join(filter(None, [failed, outcome.result.answer if outcome.result else ""]))
 
     parts = [f"Overall task: {task_text[:1000]}"]
     parts += [f"## {i} ({outcomes[i].agent})\n{output(i)}" for i in step.inputs]

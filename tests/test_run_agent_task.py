@@ -137,11 +137,12 @@ def test_the_software_chain_writes_modules_tests_them_in_the_sandbox_and_reviews
         "temperature as freezing, mild or hot",
         chain="software",
     )
-    assert summary.plan_method == "software" and summary.success, summary.steps
     steps = {
         p.stem: StepOutcome.model_validate_json(p.read_text())
         for p in (Path(summary.run_dir) / "steps").glob("*.json")
     }
+    failed = {i: (s.error, s.result and s.result.data.get("code")) for i, s in steps.items() if s.error}
+    assert summary.plan_method == "software" and summary.success, failed
     modules = [s.result for i, s in steps.items() if i.startswith("code_")]
     assert modules and all(m.data["run_ok"] for m in modules)
     tests = steps["tests"].result
