@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -31,6 +32,15 @@ SYSTEM = (
     "end by running the code on the task's example and printing the result, e.g.\n"
     "```python\ndef double(n):\n    return 2 * n\n\nprint(double(21))\n```\n"
     "Reply with one ```python block."
+)
+
+TESTS_SYSTEM = (
+    "You are a careful Python programmer writing tests. The modules listed in the task are files in the "
+    "current folder: import what you test from them exactly as shown, never define or copy their functions. "
+    "Define `test_...` functions that check results with assert statements, on values the requirements "
+    "state; do not call them yourself, they are run for you. For example:\n"
+    "```python\nfrom geometry import area  # area(width, height)\n\n\ndef test_area():\n"
+    "    assert area(2, 3) == 6\n```\nReply with one ```python block."
 )
 
 
@@ -95,6 +105,31 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
     return f"\n\nReference documentation:\n{text}", sources
 
 
+def defined_names(source: str) -> set[str]:
+    """Names of the top-level functions and classes `source` defines (none when it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return set()
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+
+
+def tests_modules(modules: dict[str, str]) -> Callable[[str, SandboxResult | None], str | None]:
+    """The check of a test script for `modules`: it imports their functions instead of copying them and
+    defines test functions (which the runner runs)."""
+    provided = set().union(*map(defined_names, modules.values()))
+
+    def check(code: str, run: SandboxResult | None) -> str | None:
+        defined = defined_names(code)
+        if copied := sorted(defined & provided):
+            return f"the script defines {', '.join(copied)} itself: import them from the modules instead"
+        if not any(name.startswith("test_") for name in defined):
+            return "the script defines no test_ function: check the modules in test_ functions with assert"
+        return shows_output(code, run)
+
+    return check
+
+
 def shows_output(code: str, run: SandboxResult | None) -> str | None:
     """A script that ran must show something (printed output, a result or a chart), and its charts must
     read well (aggregated, titled, labelled)."""
@@ -122,7 +157,11 @@ def write(request: CodeRequest) -> AgentResult:
     messages = [
         {
             "role": "system",
-            "content": prompts.system_prompt(NAME, SYSTEM).text
+            "content": (
+                prompts.system_prompt("code-tests", TESTS_SYSTEM)
+                if request.modules
+                else prompts.system_prompt(NAME, SYSTEM)
+            ).text
             + references[:2400]
             + memory.examples_for_prompt(NAME, request.instruction),
         },
@@ -137,7 +176,7 @@ def write(request: CodeRequest) -> AgentResult:
                 execute=request.execute,
                 max_repairs=request.max_repairs,
                 max_tokens=600,  # a whole script with its demo or tests: 400 cut some mid-line
-                check=shows_output,
+                check=tests_modules(request.modules) if request.modules else shows_output,
                 repair_note=modules_note.strip() + "\n" if modules_note else "",
             )
     except LLMUnavailable as exc:

@@ -49,6 +49,11 @@ def label_problems(plan, labels: dict) -> list[str]:
     return problems
 
 
+def unasked_agents(plan, labels: dict) -> list[str]:
+    """Agents the plan adds beyond the labels, a closing summary aside: allowed, but work nobody asked for."""
+    return sorted({s.agent for s in plan.steps} - set(labels["agents"]) - {"summary"})
+
+
 def steps_text(plan) -> list[str]:
     return [f"{s.id}:{s.agent}<{','.join(s.inputs)}> {s.instruction}" for s in plan.steps]
 
@@ -107,6 +112,7 @@ def bench_acceptance(model: str | None, scratch: Path, tasks: Path) -> dict:
             "seconds": round(elapsed, 1),
             "rejected": rejected,
             "label_problems": problems,
+            "unasked_agents": unasked_agents(plan, labels),
             "steps": steps_text(plan),
             "rejected_plan": steps_text(proposed) if proposed else None,
         }
@@ -120,6 +126,9 @@ def bench_acceptance(model: str | None, scratch: Path, tasks: Path) -> dict:
         "tasks": len(rows),
         "accepted": round(float(np.mean([r["accepted"] for r in rows])), 3),
         "llm_plans": round(float(np.mean([r["method"] == "llm" for r in rows])), 3),
+        "accepted_without_unasked_agents": round(
+            float(np.mean([r["accepted"] and not r["unasked_agents"] for r in rows])), 3
+        ),
         "accepted_by_kind": {
             kind: round(float(np.mean([r["accepted"] for r in rows if r["kind"] == kind])), 3)
             for kind in sorted({r["kind"] for r in rows})

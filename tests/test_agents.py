@@ -138,6 +138,13 @@ class TestCode:
         assert "from temps import to_f  # to_f(c)" in note
         assert "from temps import Scale  # Scale(unit).classify(t)" in note and "broken" not in note
 
+    def test_a_test_script_must_import_the_modules_and_define_tests(self):
+        check = code.tests_modules({"temps": "def to_f(c):\n    return c * 9 / 5 + 32\n"})
+        copied = "def to_f(c):\n    return c\n\n\ndef test_to_f():\n    assert to_f(0) == 32\n"
+        assert "defines to_f itself" in (check(copied, None) or "")
+        assert "no test_ function" in (check("from temps import to_f\nprint(to_f(0))\n", None) or "")
+        assert check("from temps import to_f\n\n\ndef test_to_f():\n    assert to_f(0) == 32\n", None) is None
+
     def test_test_functions_in_generated_code_are_run_and_a_failing_one_is_named(self, settings):
         wrong = "def add(a, b):\n    return a - b\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
         failed = run_code(wrong + TEST_RUNNER)
