@@ -38,7 +38,7 @@ TESTS_SYSTEM = (
     "You are a careful Python programmer writing tests. The modules listed in the task are files in the "
     "current folder: import what you test from them exactly as shown, never define or copy their functions. "
     "Define `test_...` functions that check results with assert statements, on values the requirements "
-    "state; do not call them yourself, they are run for you. For example:\n"
+    "state, at most four asserts each; do not call them yourself, they are run for you. For example:\n"
     "```python\nfrom geometry import area  # area(width, height)\n\n\ndef test_area():\n"
     "    assert area(2, 3) == 6\n```\nReply with one ```python block."
 )

@@ -113,8 +113,11 @@ def write_code(
     attempt = 0
     while True:
         attempt += 1
-        code = extract_code(llm.complete(history, max_tokens=max_tokens, temperature=0.1))
+        reply = llm.complete(history, max_tokens=max_tokens, temperature=0.1)
+        code = extract_code(reply)
         problem = syntax_error(code)
+        if problem and (llm.count_tokens(reply) or 0) >= max_tokens - 2:
+            problem = f"the reply was cut off at {max_tokens} tokens ({problem}): write a shorter script"
         run = None
         if problem is None and execute:
             run = run_code(explain_asserts(code) + TEST_RUNNER, files=files, limits=limits)
