@@ -74,6 +74,16 @@ def quote_lines(problem: str, code: str) -> str:
     return LINE.sub(quoted, problem)
 
 
+def complete_lines(code: str) -> str | None:
+    """The longest run of `code`'s first lines that parses (a reply cut off at the token limit loses only
+    its unfinished end), or None."""
+    lines = code.splitlines()
+    for end in range(len(lines) - 1, 0, -1):
+        if syntax_error(candidate := "\n".join(lines[:end]).rstrip()) is None:
+            return candidate
+    return None
+
+
 def explain_asserts(code: str) -> str:
     """`code` with each one-line `assert a == b` that has no message given one showing both values (lines keep
     their numbers), so a failing test says what the code returned instead of a bare AssertionError."""
@@ -116,8 +126,9 @@ def write_code(
         reply = llm.complete(history, max_tokens=max_tokens, temperature=0.1)
         code = extract_code(reply)
         problem = syntax_error(code)
-        if problem and (llm.count_tokens(reply) or 0) >= max_tokens - 2:
-            problem = f"the reply was cut off at {max_tokens} tokens ({problem}): write a shorter script"
+        if problem and (llm.count_tokens(reply) or 0) >= max_tokens - 2:  # cut off: keep its whole lines
+            code = complete_lines(code) or code
+            problem = syntax_error(code)
         run = None
         if problem is None and execute:
             run = run_code(explain_asserts(code) + TEST_RUNNER, files=files, limits=limits)

@@ -9,7 +9,7 @@ from agents import chat, code, data, memory, research, summary
 from agents.analysis import Analysis, unreadable
 from agents.code import AGENT as CODE
 from agents.code import shows_output
-from agents.codegen import TEST_RUNNER, explain_asserts, quote_lines
+from agents.codegen import TEST_RUNNER, complete_lines, explain_asserts, quote_lines
 from agents.llm import get_llm
 from agents.sandbox import Chart, run_code
 from conveyor.datasets import load
@@ -150,6 +150,7 @@ class TestCode:
         failed = run_code(wrong + TEST_RUNNER)
         assert not failed.ok and "failed tests: test_add (line 6)" in failed.error
         assert "(line 6: assert add(2, 2) == 4)" in quote_lines(failed.failure(), wrong)
+        assert complete_lines(wrong + "\n\ndef test_sub():\n    assert add(2, 2) == (") == wrong.rstrip()
         explained = run_code(explain_asserts(wrong) + TEST_RUNNER)  # the values compared, line numbers kept
         assert "test_add (line 6): AssertionError: 0 != 4" in explained.error
         passed = run_code(wrong.replace("a - b", "a + b") + TEST_RUNNER)
