@@ -124,9 +124,10 @@ def test_software_chain_fans_out_per_module_and_back_in(settings):
 
 
 @pytest.mark.xfail(
-    reason="known quality failure, kept visible (issue 15): on this task the 1.5B model's tests step calls "
-    "temperature_classifier.classify_temperature, which that module defines as a method of a class, and the "
-    "repairs do not fix it; not run in the suite (7 min of CI for a known result): "
+    reason="known quality failure, kept visible (issue 15): on this task the 1.5B's modules run and its test "
+    "script imports them and runs, but one test finds a real bug in a module (classify_temperature(0) is "
+    "'Mild', the test expects 'Freezing'); the chain has no step that fixes a module, and the review reports "
+    "every test as passed; not run in the suite (12 min of CI for a known result): "
     "pytest --runxfail -k software_chain",
     run=False,
 )
