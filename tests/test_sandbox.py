@@ -33,12 +33,23 @@ def isolated(code: str, **kwargs):
     return out
 
 
-def sandbox_processes() -> list[psutil.Process]:
-    """Host processes that belong to any sandbox (the child script or bubblewrap)."""
+def sandbox_processes(sandbox_dir: Path) -> list[psutil.Process]:
+    """Processes of this session's sandboxes (the child script or bubblewrap): started by this process, under
+    a bubblewrap bound to a scratch folder in `sandbox_dir`, or working in one (a sandbox another suite runs
+    on the same host is not ours)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if "/sandbox/child.py" in cmdline or "sandbox_child.py" in cmdline:
+        if "/sandbox/child.py" not in cmdline and "sandbox_child.py" not in cmdline:
+            continue
+        try:
+            lineage = [proc, *proc.parents()]
+            ours = proc.cwd().startswith(str(sandbox_dir)) or any(
+                p.pid == os.getpid() or str(sandbox_dir) in " ".join(p.cmdline()) for p in lineage
+            )
+        except psutil.Error:  # it ended meanwhile
+            continue
+        if ours:
             found.append(proc)
     return found
 
@@ -60,7 +71,7 @@ def host_unchanged(settings, monkeypatch):
     isolation.check_available()  # probe once, before the snapshot
     before = snapshot(settings.state_dir)
     yield
-    assert sandbox_processes() == []
+    assert sandbox_processes(settings.sandbox_dir) == []
     assert snapshot(settings.state_dir) == before
     assert list(settings.sandbox_dir.iterdir()) == []
 
