@@ -29,7 +29,8 @@ def _conveyor_run_tests():
             lines = [f.lineno for f in frames if f.filename == "<agent-code>"]
             failed.append(f"{name} (line {lines[-1] if lines else '?'}): {type(exc).__name__}: {exc}")
     if failed:
-        raise AssertionError("failed tests: " + "; ".join(failed))
+        passed = f"{len(tests) - len(failed)} of {len(tests)} test functions passed"
+        raise AssertionError(f"{passed}; failed tests: " + "; ".join(failed))
     if tests:
         print(f"{len(tests)} test functions passed")
 
