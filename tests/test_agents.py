@@ -148,9 +148,8 @@ class TestCode:
     def test_test_functions_in_generated_code_are_run_and_a_failing_one_is_named(self, settings):
         wrong = "def add(a, b):\n    return a - b\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
         failed = run_code(wrong + TEST_RUNNER)
-        assert not failed.ok and "0 of 1 test functions passed; failed tests: test_add (line 6)" in str(
-            failed.error
-        )
+        assert not failed.ok and failed.error
+        assert "0 of 1 test functions passed; failed tests: test_add (line 6)" in failed.error
         assert "(line 6: assert add(2, 2) == 4)" in quote_lines(failed.failure(), wrong)
         assert complete_lines(wrong + "\n\ndef test_sub():\n    assert add(2, 2) == (") == wrong.rstrip()
         explained = run_code(explain_asserts(wrong) + TEST_RUNNER)  # the values compared, line numbers kept
