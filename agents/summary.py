@@ -28,12 +28,13 @@ class SummaryRequest(AgentRequest):
 
 def bound_words(text: str, max_words: int) -> str:
     """Cut `text` to `max_words`, ending at the last full sentence inside the bound when there is one."""
-    words = text.split()
+    words = list(re.finditer(r"\S+", text))
     if len(words) <= max_words:
         return text.strip()
-    cut = " ".join(words[:max_words])
-    end = max(cut.rfind(". "), cut.rfind(".\n"), cut.rfind("!"), cut.rfind("?"))
-    return cut[: end + 1] if end > len(cut) // 2 else cut.rstrip(",;:") + "..."
+    last = words[max_words - 1].end()
+    cut = text[: last + text[last : last + 1].count("\n")]  # line breaks kept: markdown stays readable
+    end = max(cut.rfind(". "), cut.rfind(".\n"), cut.rfind("!"), cut.rfind("?"), cut.rfind("\n"))
+    return cut[: end + 1].strip() if end > len(cut) // 2 else cut.rstrip(",;:") + "..."
 
 
 def drop_unfinished(text: str) -> str:

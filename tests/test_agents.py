@@ -192,6 +192,9 @@ class TestSummary:
 
     def test_bound_words_cuts_at_a_sentence(self):
         assert summary.bound_words("One two three. Four five six seven.", 5) == "One two three."
+        assert summary.bound_words("### Findings\n- West leads\n- North last\n- East", 8) == (
+            "### Findings\n- West leads\n- North last"
+        )
 
     def test_a_summary_cut_by_the_token_limit_ends_at_its_last_full_line(self):
         cut = "- **Total Revenue**: $15,708,803.88\n- West leads at $5,722,734.37, then North with $2,155,"
