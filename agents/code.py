@@ -57,6 +57,19 @@ def module_files(modules: dict[str, str], folder: Path) -> dict[str, Path]:
     return {f"{name}.py": folder / f"{name}.py" for name in modules}
 
 
+def definitions(source: str) -> list[ast.FunctionDef | ast.ClassDef]:
+    """The top-level functions and classes `source` defines (none when it does not parse)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return []
+    return [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+
+
+def defined_names(source: str) -> set[str]:
+    return {node.name for node in definitions(source)}
+
+
 def _arguments(node: ast.FunctionDef) -> str:
     return ", ".join(a.arg for a in node.args.args if a.arg != "self")
 
@@ -73,14 +86,12 @@ def _usage(module: str, node: ast.FunctionDef | ast.ClassDef) -> str:
 
 def describe_modules(modules: dict[str, str]) -> str:
     """How to import and call what each module defines at top level, for the prompt."""
-    lines = []
-    for name, source in modules.items():
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            continue
-        public = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name[0] != "_"]
-        lines += [_usage(name, node) for node in public]
+    lines = [
+        _usage(name, node)
+        for name, source in modules.items()
+        for node in definitions(source)
+        if not node.name.startswith("_")
+    ]
     if not lines:
         return ""
     usage = "\n".join(lines)
@@ -103,15 +114,6 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
     ]
     text = "\n\n".join(f"Reference {s['n']} ({s['title'] or s['doc_id']}):\n{s['text']}" for s in sources)
     return f"\n\nReference documentation:\n{text}", sources
-
-
-def defined_names(source: str) -> set[str]:
-    """Names of the top-level functions and classes `source` defines (none when it does not parse)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
-        return set()
-    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
 
 
 def tests_modules(modules: dict[str, str]) -> Callable[[str, SandboxResult | None], str | None]:

@@ -141,10 +141,10 @@ def bench_acceptance(model: str | None, scratch: Path, tasks: Path) -> dict:
     }
 
 
-def named_datasets(text: str) -> frozenset[str]:
-    """The built-in datasets a text names, by id or by the id's words ("the 2024 sales data")."""
+def named_datasets(text: str, datasets: set[str]) -> frozenset[str]:
+    """The `datasets` a text names, by id or by the id's words ("the 2024 sales data")."""
     lowered = text.lower()
-    return frozenset(d for d in labelled_datasets() if all(word in lowered for word in d.split("_")))
+    return frozenset(d for d in datasets if all(word in lowered for word in d.split("_")))
 
 
 def bench_memory_threshold() -> list[dict]:
@@ -160,7 +160,8 @@ def bench_memory_threshold() -> list[dict]:
     np.fill_diagonal(similarity, -np.inf)
     nearest = similarity.argmax(axis=1)
     closest = similarity[np.arange(len(messages)), nearest]
-    needs = [(m.agent, named_datasets(m.message)) for m in messages]
+    datasets = labelled_datasets()
+    needs = [(m.agent, named_datasets(m.message, datasets)) for m in messages]
     fitting = np.array([needs[i] == needs[j] for i, j in enumerate(nearest)])
     rows = []
     for threshold in THRESHOLDS:

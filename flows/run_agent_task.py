@@ -74,10 +74,9 @@ def run_plan(plan: Plan, checked: CheckedPlan) -> list[StepOutcome]:
                     error=f"no input step completed ({', '.join(inputs)})",
                 )
             else:
+                modules = step_modules(steps[sid], outcomes)
                 futures[sid] = run_agent_step.submit(
-                    steps[sid],
-                    step_context(plan.task, steps[sid], outcomes),
-                    step_modules(steps[sid], outcomes),
+                    steps[sid], step_context(plan.task, steps[sid], outcomes, modules), modules
                 )
         for sid, future in futures.items():
             result = future.result(raise_on_failure=False)

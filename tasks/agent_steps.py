@@ -77,7 +77,9 @@ def run_agent_step(step: PlanStep, context: str, modules: dict[str, str] | None 
 
 
 def step_modules(step: PlanStep, outcomes: dict[str, StepOutcome]) -> dict[str, str]:
-    """The Python modules the step's `code_<module>` inputs wrote, by module name."""
+    """The Python modules a code step's `code_<module>` inputs wrote, by module name (none for others)."""
+    if step.agent != "code":
+        return {}
     completed = {i: o.result for i, o in outcomes.items() if o.status == "completed" and o.result}
     return {
         i.removeprefix("code_"): completed[i].data["code"]
@@ -86,10 +88,11 @@ def step_modules(step: PlanStep, outcomes: dict[str, StepOutcome]) -> dict[str, 
     }
 
 
-def step_context(task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome]) -> str:
-    """The overall task and the outputs of the step's inputs, as text for its prompt (a module a code step
-    gets as a file is named, not shown: the model imports it instead of copying it)."""
-    modules = step_modules(step, outcomes) if step.agent == "code" else {}
+def step_context(
+    task_text: str, step: PlanStep, outcomes: dict[str, StepOutcome], modules: dict[str, str]
+) -> str:
+    """The overall task and the outputs of the step's inputs, as text for its prompt (a module the step
+    gets as a file, one of `modules`, is named, not shown: the model imports it instead of copying it)."""
 
     def output(i: str) -> str:
         if i.removeprefix("code_") in modules:
