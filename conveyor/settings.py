@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         "measures both per role).",
     )
     llm_api_key: SecretStr | None = None
+    llm_models_dir: Path | None = Field(
+        None, description="Where embedded models are assembled; unset = models/ under the state folder."
+    )
     llm_threads: int = Field(1, ge=1)
     llm_context: int = Field(4096, ge=512)
     llm_timeout_s: float = Field(120.0, gt=0)
@@ -148,6 +151,10 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.llm_models_dir or self.state_dir / "models").resolve()
 
     @property
     def tracking_uri(self) -> str:

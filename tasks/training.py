@@ -168,15 +168,18 @@ def promote(
 
 
 def resume_checkpoint(run_id: str) -> str:
-    """The last checkpoint of an earlier run: from this machine's checkpoint folder, else its artifacts."""
+    """The last checkpoint of an earlier run: from this machine's checkpoint folder, else downloaded there
+    from its artifacts."""
     local = checkpoint_dir(run_id) / "last.ckpt"
     if local.is_file():
         return str(local)
-    target = tempfile.mkdtemp(prefix="conveyor-resume-")
-    try:
-        return tracking.download_artifact(run_id, LAST_CHECKPOINT_ARTIFACT, target)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from ({exc})") from None
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=local.parent) as scratch:  # kept as that folder's last.ckpt
+        try:
+            Path(tracking.download_artifact(run_id, LAST_CHECKPOINT_ARTIFACT, scratch)).replace(local)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"run {run_id} has no checkpoint to resume from ({exc})") from None
+    return str(local)
 
 
 def checkpoint_dir(run_id: str) -> Path:

@@ -1,13 +1,17 @@
 """Test session: an isolated state folder and one Prefect API server for the whole run."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="conveyor-test-"))
 os.environ["CONVEYOR_HOME"] = str(STATE)
 os.environ["PREFECT_HOME"] = str(STATE / "prefect")
 os.environ["CONVEYOR_DATA_DIR"] = str(STATE / "data")
+# The models assembled once for `make run` and every test session (1.6 GB: not rebuilt per session).
+os.environ.setdefault("CONVEYOR_LLM_MODELS_DIR", str(REPO / ".conveyor" / "models"))
 os.environ.pop("CONVEYOR_PREFECT_API_URL", None)
 os.environ.pop("PREFECT_API_URL", None)
 # The fast model plays every role unless a test asks for the quality model (configure(llm_quality_roles=...)):
@@ -23,8 +27,12 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from conveyor.settings import DEVELOPMENT_ADMIN_PASSWORD, get_settings, reset_settings  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's state folder goes with the session (artifacts worth keeping are in test-output/)."""
+    shutil.rmtree(STATE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -85,7 +85,7 @@ class TestDockerfile:
         assert any("/health" in s for s in instructions("api") if s.startswith("HEALTHCHECK"))
 
     def test_installs_offline_with_the_project_torch_pin(self):
-        install = " ".join(s for s in stages()["build"] if "pip install" in s)
+        install = " ".join(s for s in instructions("flows") if "pip install" in s)
         assert "--no-index" in install
         torch_pin = re.search(r'"(torch==[^"]+)"', (REPO / "pyproject.toml").read_text()).group(1)
         assert torch_pin in install

@@ -34,7 +34,7 @@ class TestModelFile:
     @pytest.mark.parametrize("name", llm.LOCAL_MODELS)
     def test_each_local_model_is_assembled_with_its_pinned_digest(self, settings, name):
         path = llm.model_file(name)
-        assert path.parent == settings.state_dir / "models"
+        assert path.parent == settings.models_dir
         assert llm.sha256_of(path) == llm.LOCAL_MODELS[name].sha256
 
     def test_other_digests_are_refused(self, tmp_path):

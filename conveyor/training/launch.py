@@ -50,13 +50,14 @@ def join_as_worker() -> None:
     node_rank = int(os.environ["NODE_RANK"])
     store = TCPStore(address, port + 1, is_master=False, timeout=JOIN_TIMEOUT)
     config = FitConfig.model_validate_json(store.get(CONFIG_KEY).decode())
-    folder = Path(tempfile.mkdtemp(prefix="conveyor-ddp-worker-"))
-    config = config.model_copy(
-        update={"checkpoint_dir": str(folder), "outcome_path": str(folder / "outcome.json")}
-    )
-    config_path = folder / "fit_config.json"
-    config_path.write_text(config.model_dump_json())
-    _run(torchrun_command(config.devices, config.num_nodes, node_rank, address, port, config_path))
+    with tempfile.TemporaryDirectory(prefix="conveyor-ddp-worker-") as scratch:  # node 0 keeps the results
+        folder = Path(scratch)
+        config = config.model_copy(
+            update={"checkpoint_dir": str(folder), "outcome_path": str(folder / "outcome.json")}
+        )
+        config_path = folder / "fit_config.json"
+        config_path.write_text(config.model_dump_json())
+        _run(torchrun_command(config.devices, config.num_nodes, node_rank, address, port, config_path))
 
 
 def torchrun_command(
