@@ -7,30 +7,38 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agents.llm import get_llm
 from agents.sandbox import Limits, SandboxResult, run_code
 from conveyor.settings import LLMRole
 
-# Appended to the code when it runs: every top-level `test_*` function is called, as pytest would; a failing
-# one fails the run with its name and line, so the repair prompt says which check broke.
+# Appended to the code when it runs: every top-level `test_*` function is called, as pytest would; it prints
+# one `conveyor-tests:` line of JSON (which passed, which failed and why), and a failing test fails the run
+# with its name and line, so the repair prompt says which check broke.
+SUITE_LINE = "conveyor-tests: "
 TEST_RUNNER = """
 
 def _conveyor_run_tests():
+    import json
     import traceback
     tests = [(n, f) for n, f in list(globals().items()) if n.startswith("test_") and callable(f)]
-    failed = []
+    passed, failed = [], []
     for name, test in tests:
         try:
             test()
         except Exception as exc:
             frames = traceback.extract_tb(exc.__traceback__)
             lines = [f.lineno for f in frames if f.filename == "<agent-code>"]
-            failed.append(f"{name} (line {lines[-1] if lines else '?'}): {type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            failed.append({"name": name, "line": lines[-1] if lines else None, "error": error})
+        else:
+            passed.append(name)
+    if tests:
+        print("conveyor-tests: " + json.dumps({"passed": passed, "failed": failed}))
     if failed:
-        passed = f"{len(tests) - len(failed)} of {len(tests)} test functions passed"
-        raise AssertionError(f"{passed}; failed tests: " + "; ".join(failed))
+        named = "; ".join(f"{f['name']} (line {f['line'] or '?'}): {f['error']}" for f in failed)
+        raise AssertionError(f"{len(passed)} of {len(tests)} test functions passed; failed tests: {named}")
     if tests:
         print(f"{len(tests)} test functions passed")
 
@@ -39,6 +47,47 @@ _conveyor_run_tests()
 """
 LINE = re.compile(r"\(line (\d+)\)")
 FENCE = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+class FailedTest(BaseModel):
+    name: str
+    line: int | None = None
+    error: str
+
+
+class SuiteResults(BaseModel):
+    """What the test runner reported: the test functions that passed, and those that failed with why."""
+
+    passed: list[str] = []
+    failed: list[FailedTest] = []
+
+    def summary(self) -> str:
+        total = len(self.passed) + len(self.failed)
+        failing = "; ".join(f"{f.name}: {f.error}" for f in self.failed)
+        return f"{len(self.passed)} of {total} test functions pass" + (
+            f"; failing: {failing}" if failing else ""
+        )
+
+
+def suite_results(stdout: str) -> SuiteResults | None:
+    """The runner's report in a run's output; None when the script defined no test function, stopped
+    before the runner, or its output was cut."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(SUITE_LINE):
+            try:
+                return SuiteResults.model_validate_json(line.removeprefix(SUITE_LINE))
+            except ValidationError:
+                return None
+    return None
+
+
+def only_asserts_failed(run: SandboxResult) -> bool:
+    """The run's test functions ran and the failing ones failed an assert (what they checked came out
+    wrong), as opposed to the script itself breaking."""
+    results = suite_results(run.stdout)
+    return bool(
+        results and results.failed and all(f.error.startswith("AssertionError") for f in results.failed)
+    )
 
 
 class CodeAttempt(BaseModel):
@@ -106,6 +155,13 @@ def explain_asserts(code: str) -> str:
     return "\n".join(lines)
 
 
+def run_script(
+    code: str, files: dict[str, Path] | None = None, limits: Limits | None = None
+) -> SandboxResult:
+    """Run `code` in the sandbox with its test functions (asserts explained, see TEST_RUNNER)."""
+    return run_code(explain_asserts(code) + TEST_RUNNER, files=files, limits=limits)
+
+
 def write_code(
     messages: list[dict],
     role: LLMRole,
@@ -116,8 +172,11 @@ def write_code(
     limits: Limits | None = None,
     check: Callable[[str, SandboxResult | None], str | None] | None = None,
     repair_note: str = "",
+    keep_failed_asserts: bool = False,
 ) -> CodeAttempt:
-    """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix."""
+    """Generate code; while it fails to parse, run or pass `check`, show the model why and ask for a fix.
+    With `keep_failed_asserts`, a run whose only failures are asserts of test functions is returned as it
+    is (the code under test, not the tests, may be what is wrong)."""
     llm = get_llm(role)
     history = list(messages)
     errors: list[str] = []
@@ -131,14 +190,16 @@ def write_code(
             code = complete_lines(code) or code
             problem = syntax_error(code)
         run = None
+        settled = False
         if problem is None and execute:
-            run = run_code(explain_asserts(code) + TEST_RUNNER, files=files, limits=limits)
+            run = run_script(code, files=files, limits=limits)
             problem = None if run.ok else quote_lines(run.failure(), code)
-        if problem is None and check:
-            problem = check(code, run)
+            settled = keep_failed_asserts and only_asserts_failed(run)
+        if check and (problem is None or settled) and (found := check(code, run)):
+            problem, settled = found, False
         if problem:
             errors.append(problem)
-        if problem is None or attempt > max_repairs:
+        if problem is None or settled or attempt > max_repairs:
             return CodeAttempt(
                 code=code,
                 parses=syntax_error(code) is None,

@@ -396,13 +396,14 @@ def software_plan(task: str) -> Plan:
             inputs=code_ids,
             instruction="Write a test script that imports the modules (their files are in the current "
             "folder) and checks their functions in `test_...` functions with assert statements (every "
-            "`test_` function is run; a failing assert shows its line).",
+            "`test_` function is run; a module function a failing assert shows wrong is written again).",
         ),
         PlanStep(
             id="review",
             agent="summary",
             inputs=[*code_ids, "tests"],
-            instruction="Review the modules and the test results: what works, what fails, what to fix next.",
+            instruction="Review the modules and the test results (the tests step's 'Test results' line is "
+            "what ran): what works, what fails, what to fix next.",
         ),
     ]
     return Plan(task=task, steps=steps, method="software")

@@ -9,7 +9,15 @@ from agents import chat, code, data, memory, research, summary
 from agents.analysis import Analysis, unreadable
 from agents.code import AGENT as CODE
 from agents.code import shows_output
-from agents.codegen import TEST_RUNNER, complete_lines, explain_asserts, quote_lines
+from agents.codegen import (
+    TEST_RUNNER,
+    complete_lines,
+    explain_asserts,
+    only_asserts_failed,
+    quote_lines,
+    run_script,
+    suite_results,
+)
 from agents.llm import get_llm
 from agents.sandbox import Chart, run_code
 from conveyor.datasets import load
@@ -156,6 +164,76 @@ class TestCode:
         assert "test_add (line 6): AssertionError: 0 != 4" in explained.error
         passed = run_code(wrong.replace("a - b", "a + b") + TEST_RUNNER)
         assert passed.ok and "1 test functions passed" in passed.stdout
+
+    def test_the_runner_reports_which_test_functions_passed_and_why_the_others_failed(self, settings):
+        script = (
+            "def test_sum():\n    assert sum([1, 2]) == 3\n\n\n"
+            "def test_upper():\n    assert 'a'.upper() == 'a'\n"
+        )
+        run = run_script(script)
+        results = suite_results(run.stdout)
+        assert not run.ok and results and results.passed == ["test_sum"]
+        assert [(f.name, f.line, f.error) for f in results.failed] == [
+            ("test_upper", 6, "AssertionError: 'A' != 'a'")
+        ]
+        assert only_asserts_failed(run)
+        broken = run_script(script.replace("'a'.upper()", "'a'.upper(1)"))  # the test itself is wrong
+        assert suite_results(broken.stdout) and not only_asserts_failed(broken)
+        assert suite_results(run_script("print(1)").stdout) is None  # no test functions, no report
+
+    def test_the_functions_failing_asserts_call_are_found_with_every_assert_on_them(self):
+        modules = {"temps": "def to_f(c):\n    return c\n", "labels": "def classify(t):\n    return 'mild'\n"}
+        script = (
+            "import labels\nfrom temps import to_f\n\n\n"
+            "def test_to_f():\n    assert to_f(100) == 212\n    assert to_f(0) == 0\n\n\n"
+            "def test_classify():\n    assert labels.classify(-5) == 'freezing'\n"
+        )
+        failed = suite_results(
+            run_script(script, files=code.module_files(modules, self.folder)).stdout
+        ).failed
+        assert code.failing_functions(script, failed, modules) == [("temps", "to_f"), ("labels", "classify")]
+        assert code.asserts_on(script, "to_f") == ["assert to_f(100) == 212", "assert to_f(0) == 0"]
+
+    def test_a_rewritten_function_replaces_only_that_function(self):
+        source = "import math\n\n\ndef to_f(c):\n    return c\n\n\ndef area(r):\n    return math.pi * r**2\n"
+        reply = "from decimal import Decimal\n\n\ndef to_f(c):\n    return c * 9 / 5 + 32\n"
+        replaced = code.replace_function(source, "to_f", reply)
+        assert replaced.startswith("from decimal import Decimal\nimport math\n")
+        assert "return c * 9 / 5 + 32" in replaced and "return c\n" not in replaced
+        assert "def area(r):\n    return math.pi * r**2" in replaced
+        assert code.replace_function(source, "to_f", "def other(c):\n    return c\n") is None
+
+    def test_a_function_a_failing_test_shows_wrong_is_written_again_and_kept_only_when_more_tests_pass(
+        self, configure
+    ):
+        configure(llm_quality_roles='["code"]')  # the default model of the code role
+        modules = {
+            "temps": "def to_f(c):\n    return c * 9 / 5\n\n\ndef to_c(f):\n    return (f - 32) * 5 / 9\n",
+            "labels": "def classify(c):\n    return 'freezing' if c < 0 else 'mild'\n",
+        }
+        script = (
+            "from labels import classify\nfrom temps import to_c, to_f\n\n\n"
+            "def test_to_f():\n    assert to_f(100) == 212\n\n\n"
+            "def test_to_c():\n    assert to_c(212) == 100\n\n\n"
+            "def test_classify():  # no function meets both\n"
+            "    assert classify(0) == 'freezing'\n    assert classify(0) == 'mild'\n"
+        )
+        results = suite_results(run_script(script, files=code.module_files(modules, self.folder)).stdout)
+        assert results.passed == ["test_to_c"]
+        assert [f.name for f in results.failed] == ["test_to_f", "test_classify"]
+        task = "A library to convert temperatures between Celsius and Fahrenheit and classify them"
+        fixed = code.fix_modules(script, modules, results, task, {}, self.folder)
+        assert fixed.results.passed == ["test_to_f", "test_to_c"], fixed.notes
+        assert fixed.notes == [
+            f"`temps.to_f` written again from its asserts: {fixed.results.summary()}",
+            "`labels.classify` kept: no new version passed more tests",
+        ]
+        assert "def to_c(f):\n    return (f - 32) * 5 / 9" in fixed.modules["temps"]  # the passing one kept
+        assert fixed.modules["labels"] == modules["labels"] and fixed.run and not fixed.run.ok
+
+    @pytest.fixture(autouse=True)
+    def _module_folder(self, tmp_path):
+        self.folder = tmp_path
 
     def test_a_chart_of_raw_rows_is_sent_back_to_be_aggregated(self, settings):
         plot_raw = (

@@ -247,6 +247,11 @@ def http(method: str, url: str, body: dict | None = None) -> tuple[int, str] | N
         return None
 
 
+def docker_pool_exists() -> bool:
+    answer = http("GET", "http://127.0.0.1:4200/api/work_pools/docker")
+    return answer is not None and answer[0] == 200
+
+
 class Stack:
     def __init__(self, tmp: Path, env: dict[str, str]):
         self.tmp, self.env = tmp, env
@@ -282,7 +287,9 @@ class TestComposeStackRuns:
         try:
             # Waits for each dependency's health check before starting what depends on it.
             stack.compose("up", "--detach", "--no-build", timeout=600)
-            print(f"compose up: {time.monotonic() - started:.0f} s")
+            # The worker's health check is its imports: it creates its pool (`--pool docker`) a little later.
+            poll(docker_pool_exists, 180, "the worker created the `docker` pool")
+            print(f"compose up, worker polling: {time.monotonic() - started:.0f} s")
             yield stack
         except BaseException:
             print(stack.compose("logs", "--no-color", "--tail=60"))

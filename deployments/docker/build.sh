@@ -75,6 +75,7 @@ wheels() {
     torch=="$(sed -n 's/.*"torch==\([^"]*\)".*/\1/p' "$REPO/pyproject.toml")" pip setuptools wheel async-timeout "$REPO" \
     2> >(grep -v "is ignored: it is neither" >&2)
   rm -f "$WHEELS"/conveyor-*.whl  # the image installs the source tree itself
+  rm -rf "$REPO/build" "$REPO"/*.egg-info  # setuptools builds in the tree
 }
 
 base() {
