@@ -1,25 +1,29 @@
 """Router benchmark: accuracy on the labelled evaluation set (agents/router_cases.jsonl), the share the
 classifier routes alone, and latency per routing (classifier path and overall).
 
+`--models` routes with each local model alone instead (no classifier: the LLM picks among every agent the
+router knows, as the LLM-only router did), for the accuracy and latency the classifier is compared with.
+
 `--thresholds` measures the confidence threshold instead, on the training set only: out-of-fold probabilities
 (stratified 5-fold over the training split) and, for every message that some threshold hands to the LLM,
 the LLM's pick between the top two; each threshold's expected accuracy and share routed without the LLM.
 
-Prints one JSON line per measurement. `python -m bench.bench_router [--thresholds]`
+Prints one JSON line per measurement. `python -m bench.bench_router [--models | --thresholds]`
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
 import numpy as np
 
 from agents import router, router_model
-from agents.llm import LLMUnavailable, StructuredOutputError
-from conveyor.settings import get_settings
+from agents.llm import LOCAL_MODELS, LLMUnavailable, StructuredOutputError
+from conveyor.settings import get_settings, reset_settings
 
 CASES = router_model.TRAINING_FILE.with_name("router_cases.jsonl")
 TARGETS = {"accuracy": 0.92, "latency_p95_s": 0.05}
@@ -104,13 +108,43 @@ def bench_thresholds(c: float = router_model.DEFAULT_C, folds: int = 5, seed: in
     return rows
 
 
+def bench_model_alone(model: str) -> dict:
+    """Every evaluation message routed by local model `model` alone, among all the router's agents."""
+    os.environ["CONVEYOR_LLM_MODEL"] = model
+    os.environ["CONVEYOR_LLM_QUALITY_ROLES"] = "[]"  # the routing role on CONVEYOR_LLM_MODEL
+    reset_settings()
+    cases = router_model.load_examples(CASES)
+    agents = sorted({c.agent for c in router_model.load_examples()})
+    router.llm_choice("warm-up", agents)
+    picks, seconds = [], []
+    for case in cases:
+        started = time.perf_counter()
+        try:
+            picks.append(router.llm_choice(case.message, agents))
+        except (LLMUnavailable, StructuredOutputError):
+            picks.append(None)
+        seconds.append(time.perf_counter() - started)
+    return {
+        "bench": "router-model-alone",
+        "model": model,
+        "messages": len(cases),
+        "accuracy": round(float(np.mean([p == c.agent for p, c in zip(picks, cases, strict=True)])), 3),
+        "failed_replies": picks.count(None),
+        "latency": latency(seconds),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--thresholds", action="store_true", help="measure the threshold (training set)")
+    parser.add_argument("--models", action="store_true", help="route with each local model alone")
     args = parser.parse_args(argv or [])
-    if args.thresholds:
+    if args.models:
+        for model in LOCAL_MODELS:
+            print(json.dumps(bench_model_alone(model)), flush=True)
+    elif args.thresholds:
         rows = bench_thresholds()
         for row in rows:
             print(json.dumps(row), flush=True)
