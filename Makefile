@@ -40,7 +40,7 @@ run: install
 
 # The lint gate, the suite, then (as root, unless CONTAINERS=0) the images built and run for real.
 test: install system-deps lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20  # the slowest tests, for the CI time budget
 	@if [ "$$(id -u)" = 0 ] && [ "$(CONTAINERS)" != 0 ]; then $(MAKE) --no-print-directory test-containers; \
 	else echo "container images: not built (needs root; CONTAINERS=0 skips)"; fi
 
