@@ -20,6 +20,8 @@ SYSTEM = (
 )
 NUMBER = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?(?:\s*(?:million|thousand|billion)\b)?", re.IGNORECASE)
 SCALES = {"thousand": 1e3, "million": 1e6, "billion": 1e9}
+# Lines a cut can leave at the end with nothing after them: a heading, a bare list marker ("1.", "-").
+EMPTY_ENDING = re.compile(r"(?:\n[ \t]*(?:#{1,6}[ \t][^\n]*|\d+\.|[-*+])?[ \t]*)+\Z")
 
 
 class SummaryRequest(AgentRequest):
@@ -51,7 +53,7 @@ def _summary(
     tokens = get_llm(NAME).count_tokens(text)
     if tokens is None or tokens >= budget - 1:
         text = text if text.rstrip().endswith((".", "!", "?")) else drop_unfinished(text)
-    return bound_words(text, max_words)
+    return EMPTY_ENDING.sub("", bound_words(text, max_words))
 
 
 def _value(number: str) -> tuple[float, float]:

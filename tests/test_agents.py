@@ -280,6 +280,14 @@ class TestSummary:
         assert summary.drop_unfinished("West leads. North follows with 2,1") == "West leads."
         assert summary.NUMBER.findall("North with $2,155, then 7") == ["2,155", "7"]
 
+    def test_a_cut_leaves_no_empty_heading_or_list_marker_at_the_end(self):
+        assert summary.EMPTY_ENDING.sub("", "2 of 3 tests pass.\n\n### Key Findings\n\n1.") == (
+            "2 of 3 tests pass."
+        )
+        assert summary.EMPTY_ENDING.sub("", "### Findings\n- West leads\n1. North") == (
+            "### Findings\n- West leads\n1. North"
+        )
+
 
 class TestMemory:
     def test_record_recall_feedback_and_report(self, settings):

@@ -11,7 +11,16 @@ import pytest
 
 from agents.analysis import Analysis, unreadable
 from agents.codegen import SuiteResults
-from agents.planner import Plan, PlanStep, check_plan, software_plan, template_plan
+from agents.planner import (
+    Design,
+    Module,
+    Plan,
+    PlanStep,
+    check_plan,
+    module_instruction,
+    software_plan,
+    template_plan,
+)
 from agents.sandbox import Chart
 from conveyor import tracking
 from conveyor.datasets import load
@@ -116,12 +125,24 @@ class TestCheckPlan:
 
 
 def test_software_chain_fans_out_per_module_and_back_in(settings):
+    """The model's design names each module's functions (the fallback `core` module names none)."""
     plan = software_plan("A command-line to-do list: add, list and complete tasks stored in a JSON file")
     checked = check_plan(plan)
     code_steps = [s.id for s in plan.steps if s.id.startswith("code_")]
     assert plan.method == "software" and not checked.problems and code_steps
+    named = [s.instruction for s in plan.steps if s.id in code_steps]
+    assert all("Define these module-level functions: `" in i for i in named), named
     assert checked.waves == [["requirements"], code_steps, ["tests"], ["review"]]
-    assert plan.steps[-1].inputs == [*code_steps, "tests"]
+    assert plan.steps[-1].inputs == ["tests", *code_steps]
+
+
+def test_a_design_naming_a_function_twice_is_not_used():
+    todo = Module(name="todo", description="tasks in a JSON file", functions=["add(tasks, title)"])
+    store = Module(name="store", description="reads and writes the file", functions=["load(path)"])
+    assert Design(modules=[todo, store]).usable()
+    assert not Design(modules=[todo, store.model_copy(update={"functions": ["add(path)"]})]).usable()
+    assert not Design(modules=[todo, todo]).usable()
+    assert "`add(tasks, title)` (no classes)" in module_instruction(todo)
 
 
 def test_the_software_chain_writes_modules_tests_them_in_the_sandbox_and_reviews(configure, output_dir):
