@@ -60,8 +60,9 @@ def dataset_files(dataset_id: str) -> dict[str, Path]:
     return {f"{datasets.validate_id(dataset_id)}.csv": datasets.dataset_path(dataset_id)}
 
 
-def describe_for_prompt(dataset_id: str) -> str:
-    frame = datasets.load(dataset_id)
+def describe_for_prompt(dataset_id: str, frame: pd.DataFrame | None = None) -> str:
+    """The dataset's file, size, columns and few-valued categories (`frame`: the dataset, when loaded)."""
+    frame = datasets.load(dataset_id) if frame is None else frame
     columns = ", ".join(f"{name} ({dtype})" for name, dtype in frame.dtypes.astype(str).items())
     categories = {
         name: sorted(map(str, frame[name].dropna().unique()))[:8]
@@ -73,12 +74,14 @@ def describe_for_prompt(dataset_id: str) -> str:
     return f"File: {dataset_id}.csv ({len(frame)} rows)\nColumns: {columns}{values}"
 
 
-def choose_spec(instruction: str, dataset_id: str, roles: dict[str, list[str]]) -> tuple[AnalysisSpec, str]:
-    """The model's choice of what to measure (limited to the dataset's columns), or the default spec when
-    the model is unavailable; returns the spec and how it was chosen ("llm" or "default")."""
+def choose_spec(
+    instruction: str, dataset_id: str, frame: pd.DataFrame, roles: dict[str, list[str]]
+) -> tuple[AnalysisSpec, str]:
+    """The model's choice of what to measure (limited to the dataset's `roles` columns), or the default spec
+    when the model is unavailable; returns the spec and how it was chosen ("llm" or "default")."""
     messages = [
         {"role": "system", "content": prompts.system_prompt(NAME, SYSTEM).text},
-        {"role": "user", "content": f"{describe_for_prompt(dataset_id)}\nQuestion: {instruction}"},
+        {"role": "user", "content": f"{describe_for_prompt(dataset_id, frame)}\nQuestion: {instruction}"},
     ]
     try:
         return get_llm("data").structured(messages, spec_schema(roles), max_tokens=80), "llm"
@@ -96,14 +99,15 @@ def analyze(request: DataRequest) -> AgentResult:
             if request.dataset
             else find_dataset(f"{request.instruction}\n{request.context}")
         )
-        roles = column_roles(datasets.load(dataset_id))
+        frame = datasets.load(dataset_id)
+        roles = column_roles(frame)
     except (datasets.DatasetError, DatasetMissing) as exc:
         return AgentResult(agent=NAME, answer=f"Cannot analyse: {exc}", ok=False, error=str(exc))
     if not roles["measures"]:
         return AgentResult(
             agent=NAME, answer=f"{dataset_id} has no numeric column", ok=False, error="no measure"
         )
-    spec, method = choose_spec(request.instruction, dataset_id, roles)
+    spec, method = choose_spec(request.instruction, dataset_id, frame, roles)
     code = analysis_code(f"{dataset_id}.csv", spec, chart=bool(CHART_WORDS.search(request.instruction)))
     try:
         run = run_code(code, files=dataset_files(dataset_id))

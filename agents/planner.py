@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from agents import memory
 from agents.catalog import AGENTS
+from agents.code import functions_instruction
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
 from conveyor import prompts
@@ -391,7 +392,7 @@ def design_modules(task: str) -> Design:
 
 def module_instruction(module: Module) -> str:
     functions = (
-        f"Define these module-level functions: {', '.join(f'`{f}`' for f in module.functions)} (no classes)"
+        functions_instruction(module.functions)
         if module.functions
         else "Define plain module-level functions (no classes)"
     )
