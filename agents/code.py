@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import logging
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +63,6 @@ FIX_SYSTEM = (
     "list holds. Reply with the function alone in one ```python block."
 )
 FIX_TEMPERATURES = (0.1, 0.9, 0.9)
-# How a software-chain module step names the functions its design gave the module (`module_instruction`).
-FUNCTIONS_ASKED = re.compile(r"Define these module-level functions: ((?:`[^`]+`(?:, )?)+) \(no classes\)")
 
 
 class CodeRequest(AgentRequest):
@@ -138,27 +135,6 @@ def reference_examples(task: str, k: int = 3) -> tuple[str, list[dict]]:
     ]
     text = "\n\n".join(f"Reference {s['n']} ({s['title'] or s['doc_id']}):\n{s['text']}" for s in sources)
     return f"\n\nReference documentation:\n{text}", sources
-
-
-def functions_instruction(signatures: list[str]) -> str:
-    """The sentence of a module step that names the functions to define (checked by `defines_asked`)."""
-    return f"Define these module-level functions: {', '.join(f'`{s}`' for s in signatures)} (no classes)"
-
-
-def defines_asked(instruction: str) -> Callable[[str, SandboxResult | None], str | None]:
-    """The check of a module for `instruction`: it defines the functions the instruction names (at top
-    level: a class holding them as methods breaks the imports the tests are shown), and shows output."""
-    found = FUNCTIONS_ASKED.search(instruction)
-    asked = [s.partition("(")[0] for s in re.findall(r"`([^`]+)`", found[1])] if found else []
-
-    def check(code: str, run: SandboxResult | None) -> str | None:
-        if missing := [name for name in asked if top_level_function(code, name) is None]:
-            return (
-                f"the module must define these functions at top level, not in a class: {', '.join(missing)}"
-            )
-        return shows_output(code, run)
-
-    return check
 
 
 def tests_modules(modules: dict[str, str]) -> Callable[[str, SandboxResult | None], str | None]:
@@ -322,9 +298,7 @@ def write(request: CodeRequest) -> AgentResult:
                 execute=request.execute,
                 max_repairs=request.max_repairs,
                 max_tokens=600,  # a whole script with its demo or tests: 400 cut some mid-line
-                check=tests_modules(request.modules)
-                if request.modules
-                else defines_asked(request.instruction),
+                check=tests_modules(request.modules) if request.modules else shows_output,
                 repair_note=modules_note.strip() + "\n" if modules_note else "",
                 keep_failed_asserts=bool(request.modules),  # a failing test may show a module's bug
             )

@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 
 from agents import memory
 from agents.catalog import AGENTS
-from agents.code import functions_instruction
 from agents.data import CHART_WORDS, DatasetMissing, find_dataset
 from agents.llm import LLMUnavailable, StructuredOutputError, get_llm
 from conveyor import prompts
@@ -369,6 +368,8 @@ class Design(BaseModel):
 # function to one module on 5 software tasks probed. Fields in the order name, description, functions: with
 # `purpose` before `functions` it wrote description-like junk (`description_converter(celsius, fahrenheit)`)
 # or no functions; an example signature from one of the tasks was copied into the others' designs.
+# The names are asked for, not enforced: sent back for defining them in a class, the 1.5B kept its
+# `ShoppingCart` through two repairs and the chain stopped; unenforced, the tests use the class.
 DESIGN_SYSTEM = (
     "Split the software task into 2 to 4 small Python modules. Give each a snake_case name, a one-sentence "
     "description and the signatures of the plain functions it defines (no classes), for example "
@@ -392,7 +393,7 @@ def design_modules(task: str) -> Design:
 
 def module_instruction(module: Module) -> str:
     functions = (
-        functions_instruction(module.functions)
+        f"Define these module-level functions: {', '.join(f'`{f}`' for f in module.functions)} (no classes)"
         if module.functions
         else "Define plain module-level functions (no classes)"
     )

@@ -153,19 +153,6 @@ class TestCode:
         assert "no test_ function" in (check("from temps import to_f\nprint(to_f(0))\n", None) or "")
         assert check("from temps import to_f\n\n\ndef test_to_f():\n    assert to_f(0) == 32\n", None) is None
 
-    def test_a_module_must_define_the_functions_its_step_names_at_top_level(self):
-        instruction = (
-            f"Write the module `cart`. {code.functions_instruction(['add_item(cart, name)', 'total(cart)'])}."
-        )
-        check = code.defines_asked(instruction)
-        in_a_class = "class Cart:\n    def add_item(self, name):\n        pass\n\n"
-        in_a_class += "    def total(self):\n        return 0\n"
-        assert "not in a class: add_item, total" in (check(in_a_class, None) or "")
-        assert (
-            check("def add_item(cart, name):\n    pass\n\n\ndef total(cart):\n    return 0\n", None) is None
-        )
-        assert code.defines_asked("Write a function that reverses a string")("x = 1\n", None) is None
-
     def test_test_functions_in_generated_code_are_run_and_a_failing_one_is_named(self, settings):
         wrong = "def add(a, b):\n    return a - b\n\n\ndef test_add():\n    assert add(2, 2) == 4\n"
         failed = run_code(wrong + TEST_RUNNER)
